@@ -1,0 +1,236 @@
+"""The catalog's typed shape.
+
+Plain data validated once: every constraint an operator could get wrong in YAML (unknown keys,
+periods over an hour, bad times or zones, dangling references, cycles) is rejected here with the
+field that caused it, so the DAG factory can trust what it is given.
+"""
+
+from __future__ import annotations
+
+import re
+import zoneinfo
+from datetime import date
+from functools import cached_property
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SNAKE = r"^[a-z][a-z0-9_]*$"
+HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_timezone(value: str | None) -> str | None:
+    if value is None:
+        return value
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r} (use an IANA name such as Europe/London)") from None
+    return value
+
+
+def _check_emails(values: list[str]) -> list[str]:
+    for v in values:
+        if not re.match(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", v):
+            raise ValueError(f"not an e-mail address: {v!r}")
+    return values
+
+
+class PeriodicSchedule(Strict):
+    """JeraSoft "Periodical": every N minutes (N ≤ 60), shifted by ``align_to`` minutes."""
+
+    kind: Literal["periodic"]
+    every: int = Field(ge=1, le=60, description="period in minutes; longer periods use a fixed time")
+    align_to: int = Field(default=0, ge=0)
+    data_interval: bool = False
+
+    @model_validator(mode="after")
+    def _align_below_period(self) -> PeriodicSchedule:
+        if self.align_to >= self.every:
+            raise ValueError(f"align_to ({self.align_to}) must be smaller than every ({self.every})")
+        return self
+
+
+class IntervalSchedule(Strict):
+    """MachPanel's "Update Time Interval": every so many hours or days, not tied to a clock time."""
+
+    kind: Literal["interval"]
+    hours: int = Field(default=0, ge=0, le=23 * 24)
+    days: int = Field(default=0, ge=0, le=366)
+    data_interval: bool = False
+
+    @model_validator(mode="after")
+    def _one_length(self) -> IntervalSchedule:
+        if not (self.hours or self.days):
+            raise ValueError("an interval needs hours or days greater than 0")
+        return self
+
+
+class FixedSchedule(Strict):
+    """JeraSoft "Fixed Time": one or more run-at times a day in the catalog's (system) time zone."""
+
+    kind: Literal["fixed"]
+    at: list[str] = Field(min_length=1)
+    timezone: str | None = None
+    data_interval: bool = False
+
+    _tz = field_validator("timezone")(_check_timezone)
+
+    @field_validator("at")
+    @classmethod
+    def _times(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not isinstance(value, str) or not HHMM.match(value):
+                raise ValueError(f"bad run-at time {value!r}: use HH:MM between 00:00 and 23:59")
+        if len(set(values)) != len(values):
+            raise ValueError(f"duplicate run-at times in {values}")
+        return sorted(values)
+
+    @model_validator(mode="after")
+    def _one_time_for_interval(self) -> FixedSchedule:
+        if self.data_interval and len(self.at) != 1:
+            raise ValueError("data_interval: true needs exactly one run-at time (the run covers the day before it)")
+        return self
+
+
+class DaemonSchedule(Strict):
+    """JeraSoft daemon service: always on, woken by pending rows of a panel-DB queue."""
+
+    kind: Literal["daemon"]
+    queue: str
+
+
+class ManualSchedule(Strict):
+    kind: Literal["manual"]
+
+
+Schedule = Annotated[
+    Union[PeriodicSchedule, IntervalSchedule, FixedSchedule, DaemonSchedule, ManualSchedule],
+    Field(discriminator="kind"),
+]
+
+
+class Step(Strict):
+    """A numbered sub-step of a thread. Without ``run`` it is declared but not built yet."""
+
+    id: str = Field(pattern=SNAKE, max_length=200)
+    number: str = Field(pattern=r"^\d+(\.\d+)*$")
+    seed: str = Field(min_length=1)
+    run: str | None = Field(default=None, pattern=r"^panelflow\.steps\.[a-z0-9_.]+\.[a-z_][a-z0-9_]*$")
+    after: list[str] = []
+    pool: str | None = None
+
+    @property
+    def implemented(self) -> bool:
+        return self.run is not None
+
+
+class Legacy(Strict):
+    superseded_by: str
+    note: str | None = None
+
+
+class Thread(Strict):
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9]*$")
+    description: str = Field(min_length=1)
+    legacy: Legacy | None = None
+    domain: str | None = None
+    tags: list[str] = []
+    schedule: Schedule | None = None
+    run_groups: list[str] = []
+    nodes: list[str] = []
+    priority: int | None = Field(default=None, ge=0, le=10)
+    owners: list[str] | None = None
+    alert_to: list[str] | None = None
+    retries: int | None = Field(default=None, ge=0, le=10)
+    timeout_minutes: int | None = Field(default=None, ge=1, le=24 * 60)
+    steps: list[Step] = []
+
+    @field_validator("alert_to")
+    @classmethod
+    def _emails(cls, values: list[str] | None) -> list[str] | None:
+        return None if values is None else _check_emails(values)
+
+    def runnable_steps(self) -> list[Step]:
+        """Steps the DAG runs: built, and every step they need is built too.
+
+        A built step whose input comes from an unbuilt one would work on missing data, so it
+        waits with it (the catalog report lists it as blocked).
+        """
+        by_id = {s.id: s for s in self.steps}
+        ok: dict[str, bool] = {}
+
+        def runnable(step: Step, seen: frozenset = frozenset()) -> bool:
+            if step.id not in ok:
+                ok[step.id] = step.implemented and all(
+                    a not in seen and a in by_id and runnable(by_id[a], seen | {step.id}) for a in step.after
+                )
+            return ok[step.id]
+
+        return [s for s in self.steps if runnable(s)]
+
+    @property
+    def is_live(self) -> bool:
+        return self.legacy is None
+
+    @cached_property
+    def dag_id(self) -> str:
+        return dag_id_for(self.name)
+
+
+def dag_id_for(name: str) -> str:
+    """``Office365SyncWork`` → ``office365_sync_work``; ``SyncCSPOffers`` → ``sync_csp_offers``."""
+    s = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", name)
+    s = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", s)
+    return s.lower()
+
+
+class Defaults(Strict):
+    retries: int = Field(default=2, ge=0, le=10)
+    retry_delay_minutes: int = Field(default=5, ge=0)
+    timeout_minutes: int = Field(default=60, ge=1)
+    priority: int = Field(default=5, ge=0, le=10)
+
+
+class GroupJobSettings(Strict):
+    """MachPanel's Group Job Settings: how many group-action jobs may run at once."""
+
+    threads_run_simultaneously: int = Field(default=4, ge=1, le=128)
+
+
+class Settings(Strict):
+    timezone: str = "UTC"
+    start_date: date = date(2026, 1, 1)
+    defaults: Defaults = Defaults()
+    group_actions: GroupJobSettings = GroupJobSettings()
+
+    _tz = field_validator("timezone")(_check_timezone)
+
+
+class RunGroup(Strict):
+    slots: int = Field(default=1, ge=1, le=1024)
+    description: str = ""
+
+
+class Domain(Strict):
+    owners: list[str] = Field(min_length=1)
+    alert_to: list[str] = []
+
+    @field_validator("alert_to")
+    @classmethod
+    def _emails(cls, values: list[str]) -> list[str]:
+        return _check_emails(values)
+
+
+class CatalogFile(Strict):
+    """One YAML file: any of the sections; the loader merges files and rejects duplicates."""
+
+    settings: Settings | None = None
+    nodes: dict[str, str] = {}
+    run_groups: dict[str, RunGroup] = {}
+    domains: dict[str, Domain] = {}
+    threads: list[Thread] = []

@@ -1,0 +1,112 @@
+"""Catalog → one Airflow DAG per live thread.
+
+Kept cheap on purpose: the dag-processor re-runs this on every parse, so it builds operators
+from plain data and imports no step or backend module (a task resolves its ``run`` path when it
+executes). Steps without ``run`` are not built yet; they are left out of the DAG and listed in
+its docs, never replaced by a task that pretends to succeed.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import DAG
+
+from panelflow.alerts import ThreadFailureNotifier
+from panelflow.catalog import Catalog, load_catalog
+from panelflow.catalog.model import Thread
+from panelflow.operators import StepOperator, WaitForPendingWorkOperator
+from panelflow.schedules import describe, timetable_for
+
+WAIT_TASK_ID = "wait_for_pending_work"
+
+
+def build_dags(catalog: Catalog | None = None) -> dict[str, DAG]:
+    catalog = catalog or load_catalog()
+    return {t.dag_id: build_dag(catalog, t) for t in catalog.live_threads}
+
+
+def _doc_md(catalog: Catalog, thread: Thread) -> str:
+    tz = catalog.settings.timezone
+    runnable = {s.id for s in thread.runnable_steps()}
+    built = len(runnable)
+
+    def status(s) -> str:
+        if s.id in runnable:
+            return "built"
+        return "blocked: needs a step not built yet" if s.implemented else "not built yet (not in this DAG)"
+
+    rows = "\n".join(f"| {s.number} | `{s.id}` | {s.seed} | {status(s)} |" for s in thread.steps)
+    replaces = [t.name for t in catalog.threads if t.legacy and t.legacy.superseded_by == thread.name]
+    lines = [
+        f"# {thread.name}",
+        thread.description,
+        "",
+        f"- schedule: {describe(thread.schedule, tz)}",
+        f"- run groups: {', '.join(thread.run_groups) or '—'}",
+        f"- allowed nodes: {', '.join(thread.nodes)}",
+        f"- priority: {catalog.priority(thread)} (0 highest … 10 lowest)",
+        f"- steps built: {built} of {len(thread.steps)}",
+    ]
+    if replaces:
+        lines.append(f"- replaces legacy threads: {', '.join(replaces)}")
+    lines += ["", "| # | task | seed | status |", "|---|---|---|---|", rows]
+    return "\n".join(lines)
+
+
+def build_dag(catalog: Catalog, thread: Thread) -> DAG:
+    settings = catalog.settings
+    priority = catalog.priority(thread)
+    built = thread.runnable_steps()
+    start = settings.start_date
+    dag = DAG(
+        dag_id=thread.dag_id,
+        dag_display_name=thread.name,
+        description=thread.description[:200],
+        doc_md=_doc_md(catalog, thread),
+        schedule=timetable_for(thread.schedule, settings.timezone),
+        start_date=pendulum.datetime(start.year, start.month, start.day, tz=settings.timezone),
+        catchup=False,
+        max_active_runs=1,
+        tags=[thread.domain, *thread.tags],
+        # A thread with nothing built yet starts paused: its runs would do no work.
+        is_paused_upon_creation=not built,
+        default_args={
+            "owner": ",".join(catalog.owners(thread)),
+            "retries": catalog.retries(thread),
+            "retry_delay": timedelta(minutes=settings.defaults.retry_delay_minutes),
+            "retry_exponential_backoff": 2.0,
+            "max_retry_delay": timedelta(minutes=30),
+            "execution_timeout": timedelta(minutes=catalog.timeout_minutes(thread)),
+            "queue": catalog.queue(thread),
+            "priority_weight": catalog.priority_weight(priority),
+            "weight_rule": "absolute",
+            "on_failure_callback": [ThreadFailureNotifier(thread=thread.name, to=catalog.alert_to(thread))],
+        },
+    )
+    tasks = {}
+    for step in built:
+        tasks[step.id] = StepOperator(
+            task_id=step.id,
+            task_display_name=step.seed,
+            doc_md=f"**Step {step.number}** of {thread.name}: {step.seed}\n\nRuns `{step.run}`.",
+            run=step.run,
+            pool=catalog.pool(thread, step),
+            dag=dag,
+        )
+    for step in built:
+        for upstream in step.after:
+            tasks[upstream] >> tasks[step.id]
+    if thread.schedule.kind == "daemon" and tasks:
+        wait = WaitForPendingWorkOperator(
+            task_id=WAIT_TASK_ID,
+            task_display_name=f"Wait for pending {thread.schedule.queue} work",
+            queue_name=thread.schedule.queue,
+            retries=0,
+            dag=dag,
+        )
+        for t in tasks.values():
+            if not t.upstream_list:
+                wait >> t
+    return dag

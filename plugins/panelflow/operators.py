@@ -1,0 +1,101 @@
+"""The two operators every thread DAG is made of.
+
+``StepOperator`` runs one catalog step: it imports the step function only when the task
+executes (parsing a DAG never loads a backend library) and hands it what its signature asks
+for — the run's data interval as its clock, the panel DB hook, the run's params.
+
+``WaitForPendingWorkOperator`` starts a daemon thread's run: it defers to the triggerer until
+the thread's panel-DB queue has pending rows, so an idle daemon holds no worker slot.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any, NamedTuple
+
+from airflow.sdk import BaseOperator
+
+
+class Interval(NamedTuple):
+    """The span a run covers. ``end`` is the step's clock: ages and due dates are measured from it."""
+
+    start: Any
+    end: Any
+
+
+def run_interval(context) -> Interval:
+    """The run's data interval; a manual run without one is anchored at its ``run_after``.
+
+    ``run_after`` is fixed when the run is created, so a retried or cleared task still sees the
+    same clock.
+    """
+    start, end = context.get("data_interval_start"), context.get("data_interval_end")
+    if end is None:
+        end = context["dag_run"].run_after
+        start = start or end
+    return Interval(start, end)
+
+
+def resolve(path: str):
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+_PROVIDERS = {
+    "interval": lambda op, ctx: run_interval(ctx),
+    "panel_db": lambda op, ctx: _panel_db(),
+    "params": lambda op, ctx: dict(ctx.get("params") or {}),
+    "log": lambda op, ctx: op.log,
+}
+
+
+def _panel_db():
+    from panelflow.hooks.panel_db import PanelDatabaseHook
+
+    return PanelDatabaseHook()
+
+
+class StepOperator(BaseOperator):
+    """Runs ``run`` (a ``panelflow.steps`` function) and returns its summary as the XCom value."""
+
+    template_fields = ()
+    ui_color = "#e8f1fb"
+
+    def __init__(self, *, run: str, **kwargs):
+        super().__init__(**kwargs)
+        self.run = run
+
+    def execute(self, context) -> dict[str, Any]:
+        func = resolve(self.run)
+        wanted = inspect.signature(func).parameters
+        unknown = [p for p in wanted if p not in _PROVIDERS]
+        if unknown:
+            raise TypeError(f"{self.run} asks for {unknown}; a step may take {sorted(_PROVIDERS)}")
+        summary = func(**{p: _PROVIDERS[p](self, context) for p in wanted})
+        self.log.info("%s: %s", self.task_id, summary)
+        return summary
+
+
+class WaitForPendingWorkOperator(BaseOperator):
+    """Defers until the daemon thread's queue has work; resumes in a worker only then."""
+
+    template_fields = ()
+    ui_color = "#f4f0e6"
+
+    def __init__(self, *, queue_name: str, poll_seconds: float = 2.0, **kwargs):
+        super().__init__(**kwargs)
+        self.queue_name = queue_name
+        self.poll_seconds = poll_seconds
+
+    def execute(self, context):
+        from panelflow.triggers import PanelQueueTrigger
+
+        self.defer(
+            trigger=PanelQueueTrigger(queue=self.queue_name, poll_seconds=self.poll_seconds),
+            method_name="execute_complete",
+        )
+
+    def execute_complete(self, context, event: dict[str, Any] | None = None):
+        self.log.info("queue %s has %s pending row(s)", self.queue_name, (event or {}).get("pending"))
+        return event

@@ -1,0 +1,28 @@
+"""Panel-database queues that wake daemon threads.
+
+A daemon thread names one of these in its schedule; its first task defers in the triggerer and
+polls the matching query until it finds pending rows. Kept as data (table, filter column, value)
+rather than SQL strings so the trigger builds one parameterised statement for all of them.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class PanelQueue(NamedTuple):
+    table: str
+    key_column: str
+    key: str
+    status_column: str = "status"
+    pending: str = "pending"
+
+
+_GROUP_ACTION_BACKENDS = (
+    "general", "sip", "sp", "crm", "lync", "ad", "exchange", "vps", "o365", "mailbox_permissions",
+)
+
+QUEUES: dict[str, PanelQueue] = {
+    f"group_actions.{backend}": PanelQueue("group_action_jobs", "backend", backend)
+    for backend in _GROUP_ACTION_BACKENDS
+}

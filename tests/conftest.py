@@ -1,0 +1,137 @@
+"""Test fixtures: a real PostgreSQL and a real SMTP server on 127.0.0.1, started by the tests.
+
+The embedded PostgreSQL starts before Airflow is imported, because Airflow reads its metadata
+DB URL once at import: the same server holds the Airflow metadata DB (``airflow``) and the
+panel DB (``panel``).
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "plugins"))
+
+_TMP = Path(tempfile.mkdtemp(prefix="panelflow-tests-"))
+os.environ.update(
+    {
+        "AIRFLOW_HOME": str(_TMP / "airflow"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+        "PANELFLOW_CATALOG": str(ROOT / "include" / "catalog"),
+    }
+)
+
+from panelflow.devdb import EmbeddedPostgres  # noqa: E402
+
+_PG = EmbeddedPostgres(_TMP / "pgdata", durable=False).start()
+for _db in ("airflow", "panel"):
+    _PG.create_database(_db)
+os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = _PG.uri("airflow").replace("postgresql://", "postgresql+psycopg://")
+os.environ["AIRFLOW_CONN_PANEL_DB"] = _PG.uri("panel")
+
+
+def pytest_unconfigure(config):
+    _PG.stop()
+    shutil.rmtree(_TMP, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> EmbeddedPostgres:
+    return _PG
+
+
+@pytest.fixture(scope="session")
+def migrated_panel_db(postgres) -> str:
+    from panelflow.db import upgrade
+
+    url = postgres.uri("panel")
+    upgrade(url)
+    return url
+
+
+PANEL_TABLES = (
+    "service_queue_logs", "voice_bill_records", "temp_data", "azure_rates", "o365_subscription_reconciliations",
+    "email_logs", "sessions", "session_history", "group_action_jobs", "retention_runs",
+)
+
+
+@pytest.fixture
+def panel_db(migrated_panel_db):
+    """The real panel DB through the hook steps use, emptied before each test."""
+    import psycopg
+
+    from panelflow.hooks.panel_db import PanelDatabaseHook
+
+    with psycopg.connect(migrated_panel_db, autocommit=True) as conn:
+        conn.execute("TRUNCATE " + ", ".join(PANEL_TABLES) + " RESTART IDENTITY")
+    return PanelDatabaseHook()
+
+
+@pytest.fixture
+def sql(migrated_panel_db):
+    """Run SQL on the panel DB: ``sql("select …", params)`` → rows."""
+    import psycopg
+
+    conn = psycopg.connect(migrated_panel_db, autocommit=True)
+
+    def run(query, params=None):
+        cur = conn.execute(query, params)
+        return cur.fetchall() if cur.description else cur.rowcount
+
+    yield run
+    conn.close()
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    """A migrated Airflow metadata DB (only the tests that run DAGs pay for it)."""
+    from airflow.utils.db import initdb
+
+    initdb()
+    return os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+
+
+class _Inbox:
+    def __init__(self):
+        self.messages: list[email.message.EmailMessage] = []
+        self.envelopes = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.envelopes.append(envelope)
+        self.messages.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp_server(monkeypatch):
+    """aiosmtpd listening on 127.0.0.1, wired as the Airflow connection ``smtp_default``."""
+    import json
+
+    from aiosmtpd.controller import Controller
+
+    from panelflow.devdb import free_port
+
+    inbox = _Inbox()
+    port = free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SMTP_DEFAULT",
+        json.dumps({"conn_type": "smtp", "host": "127.0.0.1", "port": port,
+                    "extra": {"disable_ssl": True, "disable_tls": True, "from_email": "panelflow@test.example"}}),
+    )
+    inbox.port = port
+    yield inbox
+    controller.stop()

@@ -1,0 +1,105 @@
+"""The DAG folder as the dag-processor sees it, checked against the catalog."""
+
+from __future__ import annotations
+
+import pytest
+
+from panelflow.alerts import ThreadFailureNotifier
+from panelflow.catalog import load_catalog
+from panelflow.factory import WAIT_TASK_ID
+from panelflow.operators import StepOperator, WaitForPendingWorkOperator
+
+
+@pytest.fixture(scope="module")
+def catalog():
+    return load_catalog()
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag("dags")
+
+
+def test_no_import_errors(dagbag):
+    assert dagbag.import_errors == {}
+
+
+def test_exactly_the_live_threads(dagbag, catalog):
+    assert len(catalog.threads) == 69
+    assert len(catalog.live_threads) == 61
+    assert sorted(dagbag.dags) == sorted(t.dag_id for t in catalog.live_threads)
+    legacy = {t.dag_id for t in catalog.threads if not t.is_live}
+    assert len(legacy) == 8 and not legacy & set(dagbag.dags)
+
+
+def test_every_step_is_a_task_or_reported_missing(dagbag, catalog):
+    for thread in catalog.live_threads:
+        dag = dagbag.dags[thread.dag_id]
+        task_ids = {t for t in dag.task_ids if t != WAIT_TASK_ID}
+        runnable = {s.id for s in thread.runnable_steps()}
+        assert task_ids == runnable, thread.name
+        for step in thread.steps:
+            if step.id in runnable:
+                task = dag.get_task(step.id)
+                assert isinstance(task, StepOperator) and task.run == step.run
+                assert task.task_display_name == step.seed
+                assert {u.task_id for u in task.upstream_list} - {WAIT_TASK_ID} == set(step.after)
+            else:
+                assert f"`{step.id}`" in dag.doc_md and "not built yet" in dag.doc_md
+
+
+def test_dag_attributes_follow_the_catalog(dagbag, catalog):
+    for thread in catalog.live_threads:
+        dag = dagbag.dags[thread.dag_id]
+        assert dag.dag_display_name == thread.name
+        assert dag.max_active_runs == 1
+        assert thread.domain in dag.tags
+        assert dag.doc_md.startswith(f"# {thread.name}")
+        prio = catalog.priority(thread)
+        for task in dag.tasks:
+            assert task.owner == ",".join(catalog.owners(thread))
+            assert task.queue == "+".join(thread.nodes)
+            assert task.priority_weight == 11 - prio
+            assert task.retries == (0 if task.task_id == WAIT_TASK_ID else catalog.retries(thread))
+            notifiers = [cb for cb in task.on_failure_callback if isinstance(cb, ThreadFailureNotifier)]
+            assert len(notifiers) == 1 and notifiers[0].to == catalog.alert_to(thread)
+            assert notifiers[0].thread == thread.name
+            if task.task_id != WAIT_TASK_ID:
+                step = next(s for s in thread.steps if s.id == task.task_id)
+                assert task.pool == (step.pool or (thread.run_groups[0] if thread.run_groups else "default_pool"))
+                assert task.pool in catalog.pools() or task.pool == "default_pool"
+
+
+def test_built_steps_and_their_dags(dagbag):
+    """The steps this foundation builds: ProvisioningWork's retention deletes and SessionsMgtWork."""
+    assert set(dagbag.dags["provisioning_work"].task_ids) == {
+        "delete_old_service_queue_logs", "delete_old_voice_bill_records", "delete_old_temp_data",
+        "delete_old_azure_rates", "delete_old_o365_reconciliation_records", "delete_old_email_logs",
+    }
+    assert set(dagbag.dags["sessions_mgt_work"].task_ids) == {"expire_sessions", "delete_old_session_history"}
+    built = {d for d, dag in dagbag.dags.items() if dag.tasks}
+    assert built == {"provisioning_work", "sessions_mgt_work"}
+
+
+def test_threads_with_nothing_built_start_paused(dagbag):
+    for dag_id, dag in dagbag.dags.items():
+        assert dag.is_paused_upon_creation == (not dag.tasks), dag_id
+
+
+def test_pools_cover_run_groups_and_group_actions(catalog):
+    pools = catalog.pools()
+    assert set(pools) == set(catalog.run_groups) | {"group_actions"}
+    assert pools["group_actions"]["slots"] == catalog.settings.group_actions.threads_run_simultaneously
+    for name, group in catalog.run_groups.items():
+        assert pools[name]["slots"] == group.slots
+
+
+def test_dag_ids_are_snake_case_of_seed_names(catalog):
+    ids = {t.name: t.dag_id for t in catalog.threads}
+    assert ids["SyncCSPOffers"] == "sync_csp_offers"
+    assert ids["Office365SyncWork"] == "office365_sync_work"
+    assert ids["O365SyncAdminLogsWork"] == "o365_sync_admin_logs_work"
+    assert ids["GroupActionWorkAD"] == "group_action_work_ad"
+    assert ids["HyperVHomeBackendThread"] == "hyper_v_home_backend_thread"
