@@ -43,6 +43,8 @@ os.environ["AIRFLOW_CONN_PANEL_DB"] = _PG.uri("panel")
 
 
 def pytest_unconfigure(config):
+    if "airflow.settings" in sys.modules:  # close Airflow's pooled connections before the server goes
+        sys.modules["airflow.settings"].dispose_orm()
     _PG.stop()
     shutil.rmtree(_TMP, ignore_errors=True)
 

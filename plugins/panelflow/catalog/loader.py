@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
-from panelflow.catalog.model import CatalogFile, Domain, RunGroup, Settings, Thread
+from panelflow.catalog.model import Domain, RunGroup, Settings, Thread
 from panelflow.queues import QUEUES
 
 GROUP_ACTIONS_POOL = "group_actions"
@@ -163,6 +163,8 @@ def _where(src: Source, data: Any, loc: tuple, base: tuple = ()) -> tuple[int, s
             node = node[part]
             sid = node.get("id") if isinstance(node, dict) else None
             fields.append(str(sid) if sid else f"[{part}]")
+        elif isinstance(node, dict) and node.get("kind") == part:
+            continue  # a discriminator tag
         elif n == len(loc) - 1:
             fields.append(str(part))  # a missing field: name it, stay on the parent's line
             continue
@@ -184,6 +186,15 @@ def _fmt(file: str, line: int, thread: str, fld: str, msg: str) -> str:
     who = f"thread {thread}, " if thread else ""
     msg = msg.removeprefix("Value error, ")
     return f"{file}:{line}: {who}field {fld}: {msg}"
+
+
+_SECTIONS: dict[str, Any] = {"settings": Settings, "nodes": str, "run_groups": RunGroup, "domains": Domain}
+
+
+def _report(problems: list[str], src: Source, rel: str, data: dict, exc: ValidationError, prefix: tuple) -> None:
+    for err in exc.errors():
+        line, thread, fld = _where(src, data, prefix + tuple(err["loc"]))
+        problems.append(_fmt(rel, line, thread, fld, err["msg"]))
 
 
 @lru_cache(maxsize=64)
@@ -258,13 +269,37 @@ def load_catalog(directory: Path | str | None = None) -> Catalog:
         sections = {k: v for k, v in data.items() if k != "threads"}
         if "threads" in data and not isinstance(data["threads"], list):
             problems.append(_fmt(rel, src.line(("threads",)), "", "threads", "must be a list of threads"))
-        try:
-            parsed = CatalogFile.model_validate(sections)
-        except ValidationError as exc:
-            for err in exc.errors():
-                line, thread, fld = _where(src, sections, err["loc"])
-                problems.append(_fmt(rel, line, thread, fld, err["msg"]))
-            parsed = CatalogFile()
+        # Sections are validated entry by entry: a bad entry is reported, its name stays known
+        # (so threads naming it do not pile up follow-on errors), and the rest is still checked.
+        for section, value in sections.items():
+            if section not in _SECTIONS:
+                problems.append(_fmt(rel, src.line((section,)), "", section,
+                                     f"unknown section; a catalog file has {sorted(_SECTIONS) + ['threads']}"))
+                continue
+            if section == "settings":
+                try:
+                    file_settings = Settings.model_validate(value)
+                except ValidationError as exc:
+                    _report(problems, src, rel, sections, exc, ("settings",))
+                    file_settings = Settings()
+                if settings is not None:
+                    problems.append(_fmt(rel, src.line(("settings",)), "", "settings", "settings are already defined in another file"))
+                settings = file_settings
+                continue
+            if not isinstance(value, dict):
+                problems.append(_fmt(rel, src.line((section,)), "", section, "must be a mapping of name: definition"))
+                continue
+            model, target = _SECTIONS[section], {"nodes": nodes, "run_groups": run_groups, "domains": domains}[section]
+            for key, entry in value.items():
+                if (section, key) in seen_sections:
+                    problems.append(_fmt(rel, src.line((section, key)), "", f"{section}.{key}",
+                                         f"duplicate id, first defined in {seen_sections[(section, key)]}"))
+                seen_sections.setdefault((section, key), f"{rel}:{src.line((section, key))}")
+                try:
+                    target[key] = TypeAdapter(model).validate_python(entry)
+                except ValidationError as exc:
+                    _report(problems, src, rel, sections, exc, (section, key))
+                    target[key] = None
         for i, raw in enumerate(raw_threads):
             # Each thread on its own: one bad thread is reported without hiding the checks of the rest.
             try:
@@ -273,23 +308,10 @@ def load_catalog(directory: Path | str | None = None) -> Catalog:
                 for err in exc.errors():
                     line, thread, fld = _where(src, raw, err["loc"], ("threads", i))
                     problems.append(_fmt(rel, line, thread or f"#{i + 1}", fld, err["msg"]))
-        if parsed.settings is not None:
-            if settings is not None:
-                problems.append(_fmt(rel, src.line(("settings",)), "", "settings", "settings are already defined in another file"))
-            settings = parsed.settings
-        for section, mapping, target in (("nodes", parsed.nodes, nodes), ("run_groups", parsed.run_groups, run_groups),
-                                         ("domains", parsed.domains, domains)):
-            for key, value in mapping.items():
-                if (section, key) in seen_sections:
-                    problems.append(_fmt(rel, src.line((section, key)), "", f"{section}.{key}",
-                                         f"duplicate id, first defined in {seen_sections[(section, key)]}"))
-                seen_sections[(section, key)] = rel
-                target[key] = value
 
     settings = settings or Settings()
     origin: dict[str, tuple[str, int]] = {}
     dag_ids: dict[str, str] = {}
-    names = {t.name for t, _, _ in threads}
     live = {t.name for t, _, _ in threads if t.is_live}
     for t, src, i in threads:
         here = lambda *p: src.line(("threads", i) + p)  # noqa: E731

@@ -224,13 +224,3 @@ class Domain(Strict):
     @classmethod
     def _emails(cls, values: list[str]) -> list[str]:
         return _check_emails(values)
-
-
-class CatalogFile(Strict):
-    """One YAML file: any of the sections; the loader merges files and rejects duplicates."""
-
-    settings: Settings | None = None
-    nodes: dict[str, str] = {}
-    run_groups: dict[str, RunGroup] = {}
-    domains: dict[str, Domain] = {}
-    threads: list[Thread] = []

@@ -17,11 +17,11 @@ DEFAULT_MAX_ROWS = 100_000
 
 
 def _purge(panel_db, interval, *, task: str, table: str, column: str, age: relativedelta,
-           max_rows: int = DEFAULT_MAX_ROWS, batch_size: int = BATCH) -> dict:
+           max_rows: int = DEFAULT_MAX_ROWS) -> dict:
     with panel_db.get_conn() as conn:
         return delete_older_than(
             conn, task=task, table=table, column=column, cutoff=interval.end - age,
-            interval_end=interval.end, max_rows=max_rows, batch_size=min(batch_size, max_rows),
+            interval_end=interval.end, max_rows=max_rows, batch_size=min(BATCH, max_rows),
         )
 
 
