@@ -1,0 +1,44 @@
+# panelflow — the two commands: `make run` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+UV_VERSION := 0.13.9
+export PYTHONPATH := $(CURDIR)/plugins
+
+.PHONY: run test catalog-report catalog-check pools bench lock clean
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q uv==$(UV_VERSION)
+	$(VENV)/bin/uv pip install -q --python $(PY) -r requirements.txt
+	touch $@
+
+## Airflow 3 on http://localhost:8080 with the panel DB, demo data and pools; Ctrl-C stops it all
+run: $(VENV)/.installed
+	$(PY) -m panelflow.local
+
+## the whole suite: unit + integration on real PostgreSQL and SMTP (loopback only)
+test: $(VENV)/.installed
+	$(PY) -m pytest
+
+## threads and steps of the catalog, built vs seed (make catalog-report ARGS=-v for every step)
+catalog-report: $(VENV)/.installed
+	$(PY) -m panelflow.catalog.report $(ARGS)
+
+## validate include/catalog/*.yaml (file, line, thread and field for every problem)
+catalog-check: $(VENV)/.installed
+	$(PY) -c "from panelflow.catalog import load_catalog; c = load_catalog(); print(f'catalog ok: {len(c.threads)} threads')"
+
+## create/update Airflow pools from the catalog (needs AIRFLOW_HOME of a running set-up)
+pools: $(VENV)/.installed
+	$(PY) -m panelflow.pools
+
+bench: $(VENV)/.installed
+	$(PY) bench/parse.py
+
+## re-resolve requirements.in into the exact lock requirements.txt
+lock: $(VENV)/.installed
+	$(VENV)/bin/uv pip compile requirements.in --python-version 3.11 -o requirements.txt
+
+clean:
+	rm -rf .panelflow

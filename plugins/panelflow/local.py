@@ -1,0 +1,221 @@
+"""``make run``: panelflow on one machine, supervised as one unit.
+
+Starts (or reuses) an embedded PostgreSQL holding the Airflow metadata DB and the panel DB,
+migrates both, loads the demo data once, syncs pools from the catalog, then runs the Airflow 3
+components — scheduler, dag-processor, triggerer, API server (LocalExecutor) — plus a local SMTP
+sink that keeps alert e-mails as files. Each child runs in its own process group; Ctrl-C or
+SIGTERM stops every group (children of children included) and then PostgreSQL, so nothing is
+left behind. A second run reuses ``.panelflow/``.
+
+Environment: PANELFLOW_HOME (state, default ./.panelflow), PANELFLOW_API_PORT (8080),
+PANELFLOW_PG_PORT (54329), PANELFLOW_SMTP_PORT (8025), PANELFLOW_DATABASE_URL (use this
+PostgreSQL server instead of the embedded one: postgresql://user:password@host:port).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from panelflow.config import ROOT, render
+
+COMPONENTS = {
+    "scheduler": ["scheduler"],
+    "dag-processor": ["dag-processor"],
+    "triggerer": ["triggerer"],
+    "api-server": ["api-server"],
+}
+
+
+class Supervisor:
+    def __init__(self) -> None:
+        self.home = Path(os.environ.get("PANELFLOW_HOME", ROOT / ".panelflow")).resolve()
+        self.api_port = int(os.environ.get("PANELFLOW_API_PORT", "8080"))
+        self.pg_port = int(os.environ.get("PANELFLOW_PG_PORT", "54329"))
+        self.smtp_port = int(os.environ.get("PANELFLOW_SMTP_PORT", "8025"))
+        self.airflow_home = self.home / "airflow"
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.pg = None
+        self.stopping = False
+
+    # -- set-up ---------------------------------------------------------------------------
+    def _secrets(self) -> dict[str, str]:
+        path = self.home / "secrets.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        values = {"admin_password": secrets.token_urlsafe(12), "jwt_secret": secrets.token_urlsafe(32),
+                  "api_secret_key": secrets.token_urlsafe(32)}
+        path.write_text(json.dumps(values))
+        path.chmod(0o600)
+        return values
+
+    def _database_server(self) -> str:
+        external = os.environ.get("PANELFLOW_DATABASE_URL")
+        if external:
+            return external.rstrip("/")
+        from panelflow.devdb import EmbeddedPostgres
+
+        self.pg = EmbeddedPostgres(self.home / "pgdata", port=self.pg_port).start()
+        return self.pg.uri("").rstrip("/")
+
+    def environment(self, server: str, sec: dict[str, str]) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            AIRFLOW_HOME=str(self.airflow_home),
+            PYTHONPATH=os.pathsep.join(p for p in (str(ROOT / "plugins"), env.get("PYTHONPATH")) if p),
+            PANELFLOW_API_PORT=str(self.api_port),
+            AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=server.replace("postgresql://", "postgresql+psycopg://", 1) + "/airflow",
+            AIRFLOW__API_AUTH__JWT_SECRET=sec["jwt_secret"],
+            AIRFLOW__API__SECRET_KEY=sec["api_secret_key"],
+            AIRFLOW_CONN_PANEL_DB=server + "/panel",
+            AIRFLOW_CONN_SMTP_DEFAULT=json.dumps({
+                "conn_type": "smtp", "host": "127.0.0.1", "port": self.smtp_port,
+                "extra": {"disable_ssl": True, "disable_tls": True, "from_email": "panelflow@localhost"},
+            }),
+        )
+        return env
+
+    def _run(self, env, *args: str) -> None:
+        print(f"panelflow: {' '.join(args)}", flush=True)
+        subprocess.run(args, env=env, check=True, cwd=ROOT)
+
+    def prepare(self) -> dict[str, str]:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.airflow_home.mkdir(parents=True, exist_ok=True)
+        sec = self._secrets()
+        server = self._database_server()
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(server + "/postgres", autocommit=True) as conn:
+            for db in ("airflow", "panel"):
+                if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,)).fetchone():
+                    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
+        env = self.environment(server, sec)
+        render(self.airflow_home, env)
+        (self.airflow_home / "simple_auth_manager_passwords.json.generated").write_text(
+            json.dumps({"admin": sec["admin_password"]}))
+        py = sys.executable
+        self._run(env, py, "-m", "airflow", "db", "migrate")
+        self._run(env, py, "-m", "panelflow.db", "upgrade", server + "/panel")
+        flag = self.home / "demo-loaded"
+        if not flag.exists():
+            self._run(env, py, "-m", "panelflow.demo", server + "/panel", "--customers", "200")
+            flag.write_text("1")
+        self._run(env, py, "-m", "panelflow.pools")
+        self._run(env, py, "-m", "airflow", "dags", "reserialize")
+        return env
+
+    # -- processes ------------------------------------------------------------------------
+    def start(self, env: dict[str, str]) -> None:
+        logs = self.home / "logs"
+        logs.mkdir(exist_ok=True)
+        (self.home / "mail").mkdir(exist_ok=True)
+        commands = {name: [sys.executable, "-m", "airflow", *args] for name, args in COMPONENTS.items()}
+        commands["smtp-sink"] = [sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{self.smtp_port}",
+                                 "-c", "aiosmtpd.handlers.Mailbox", str(self.home / "mail")]
+        for name, cmd in commands.items():
+            out = open(logs / f"{name}.log", "ab")
+            self.procs[name] = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                                start_new_session=True)
+        print(f"panelflow: started {', '.join(f'{n} ({p.pid})' for n, p in self.procs.items())}; "
+              f"logs in {logs}", flush=True)
+
+    def wait_healthy(self, timeout: float = 180) -> bool:
+        url = f"http://127.0.0.1:{self.api_port}/api/v2/monitor/health"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self.stopping:
+            self.check_children()
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    health = json.load(r)
+                if health.get("scheduler", {}).get("status") == "healthy":
+                    return True
+            except OSError:
+                pass
+            time.sleep(1)
+        return False
+
+    def check_children(self) -> None:
+        for name, p in self.procs.items():
+            if p.poll() is not None:
+                raise RuntimeError(f"{name} exited with {p.returncode}; see {self.home / 'logs' / (name + '.log')}")
+
+    def stop(self) -> None:
+        self.stopping = True
+        for p in self.procs.values():
+            _signal_group(p, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for p in self.procs.values():
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for p in self.procs.values():  # whatever is left in a group (stuck worker, orphan): kill it
+            _signal_group(p, signal.SIGKILL)
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        self.procs.clear()
+        if self.pg is not None:
+            self.pg.stop()
+            self.pg = None
+
+
+def _signal_group(p: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(p.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def main() -> int:
+    sup = Supervisor()
+
+    def on_signal(signum, frame):
+        if not sup.stopping:
+            sup.stopping = True
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        env = sup.prepare()
+        sup.start(env)
+        if not sup.wait_healthy():
+            if sup.stopping:
+                return 0
+            print("panelflow: Airflow did not become healthy; see the logs", file=sys.stderr)
+            return 1
+        password = sup._secrets()["admin_password"]
+        print(
+            f"\npanelflow is up: http://localhost:{sup.api_port}  (login: admin / {password})\n"
+            f"  alert e-mails are kept in {sup.home / 'mail'}; Ctrl-C stops everything\n",
+            flush=True,
+        )
+        while True:
+            sup.check_children()
+            time.sleep(1)
+    except KeyboardInterrupt:
+        print("\npanelflow: stopping …", flush=True)
+        return 0
+    except (RuntimeError, subprocess.CalledProcessError) as exc:
+        print(f"panelflow: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        sup.stop()
+        print("panelflow: stopped", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""``make run``'s supervisor for real: Airflow up with every DAG and pool, SessionsMgtWork green
+when triggered over the REST API, Ctrl-C leaves no process behind, a second start reuses the data.
+
+The slowest test of the suite (two start-ups of the four Airflow components, ~2 min).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+
+from panelflow.catalog import load_catalog
+from panelflow.devdb import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def start(home: Path, ports: dict[str, int]) -> tuple[subprocess.Popen, list[str]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PANELFLOW"))}
+    env.update(PANELFLOW_HOME=str(home), PANELFLOW_API_PORT=str(ports["api"]), PANELFLOW_PG_PORT=str(ports["pg"]),
+               PANELFLOW_SMTP_PORT=str(ports["smtp"]), PYTHONPATH=str(ROOT / "plugins"))
+    proc = subprocess.Popen([sys.executable, "-m", "panelflow.local"], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines: list[str] = []
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError("make run exited early:\n" + "".join(lines[-40:]))
+        lines.append(line)
+        if line.startswith("panelflow is up"):
+            return proc, lines
+    proc.kill()
+    raise AssertionError("make run did not come up in 300 s:\n" + "".join(lines[-40:]))
+
+
+def stop(proc: subprocess.Popen) -> list[psutil.Process]:
+    family = psutil.Process(proc.pid).children(recursive=True)
+    assert len(family) >= 6  # postgres, scheduler, dag-processor, triggerer, api-server, smtp sink (+ their workers)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=90)
+    assert proc.returncode == 0
+    gone, alive = psutil.wait_procs(family, timeout=10)
+    assert alive == [], [p.info if hasattr(p, "info") else p for p in alive]
+    return family
+
+
+class Api:
+    def __init__(self, port: int, password: str):
+        self.base = f"http://127.0.0.1:{port}"
+        self.token = self.call("POST", "/auth/token", {"username": "admin", "password": password}, auth=False)["access_token"]
+
+    def call(self, method: str, path: str, body=None, auth=True):
+        req = urllib.request.Request(self.base + path, method=method,
+                                     data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Content-Type": "application/json"})
+        if auth:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.load(r)
+
+
+def test_make_run_end_to_end(tmp_path):
+    home = tmp_path / "panelflow"
+    ports = {"api": free_port(), "pg": free_port(), "smtp": free_port()}
+    proc, lines = start(home, ports)
+    try:
+        out = "".join(lines)
+        assert "demo data: sessions 200" in out
+        password = json.loads((home / "secrets.json").read_text())["admin_password"]
+        assert f"login: admin / {password}" in out
+        api = Api(ports["api"], password)
+
+        catalog = load_catalog()
+        dags = api.call("GET", "/api/v2/dags?limit=200")
+        assert dags["total_entries"] == 61
+        assert {d["dag_id"] for d in dags["dags"]} == {t.dag_id for t in catalog.live_threads}
+        assert api.call("GET", "/api/v2/importErrors")["total_entries"] == 0
+        pools = {p["name"]: p["slots"] for p in api.call("GET", "/api/v2/pools?limit=100")["pools"]}
+        assert {k: v["slots"] for k, v in catalog.pools().items()}.items() <= pools.items()
+
+        # run SessionsMgtWork from the API, as the UI's trigger button does
+        api.call("PATCH", "/api/v2/dags/sessions_mgt_work", {"is_paused": False})
+        run = api.call("POST", "/api/v2/dags/sessions_mgt_work/dagRuns", {"logical_date": None})
+        run_id = run["dag_run_id"]
+        deadline = time.monotonic() + 180
+        state = run["state"]
+        while state not in ("success", "failed") and time.monotonic() < deadline:
+            time.sleep(2)
+            state = api.call("GET", f"/api/v2/dags/sessions_mgt_work/dagRuns/{run_id}")["state"]
+        assert state == "success"
+        tis = api.call("GET", f"/api/v2/dags/sessions_mgt_work/dagRuns/{run_id}/taskInstances")["task_instances"]
+        assert {t["task_id"]: t["state"] for t in tis} == {"expire_sessions": "success", "delete_old_session_history": "success"}
+        summary = api.call("GET", f"/api/v2/dags/sessions_mgt_work/dagRuns/{run_id}/taskInstances/expire_sessions/xcomEntries/return_value")
+        assert "moved_to_history" in str(summary["value"])
+    finally:
+        stop(proc)
+
+    # a second run reuses the data: same login, no second demo load
+    proc, lines = start(home, ports)
+    try:
+        out = "".join(lines)
+        assert "demo data:" not in out and f"login: admin / {password}" in out
+    finally:
+        stop(proc)
