@@ -19,12 +19,9 @@ class PanelDatabaseHook(PostgresHook):
         kwargs.setdefault("postgres_conn_id", self.default_conn_name)
         super().__init__(*args, **kwargs)
 
-    def conninfo(self) -> str:
-        """A libpq conninfo for psycopg (the trigger's async connection, Alembic)."""
-        return conninfo_for(self.postgres_conn_id)
-
 
 def conninfo_for(conn_id: str = "panel_db") -> str:
+    """A libpq conninfo for psycopg's async connection (the daemon trigger), from the connection."""
     from psycopg.conninfo import make_conninfo
 
     from airflow.sdk import BaseHook
