@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 UV_VERSION := 0.13.9
 export PYTHONPATH := $(CURDIR)/plugins
 
-.PHONY: run test catalog-report catalog-check pools bench lock clean
+.PHONY: run test airflow catalog-report catalog-check pools bench lock clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest
 
+## the airflow CLI against the `make run` set-up, e.g. make airflow ARGS="dags list"
+airflow: $(VENV)/.installed
+	@test -f .panelflow/env.sh || { echo "start it once with make run first"; exit 1; }
+	. .panelflow/env.sh && $(VENV)/bin/airflow $(ARGS)
+
 ## threads and steps of the catalog, built vs seed (make catalog-report ARGS=-v for every step)
 catalog-report: $(VENV)/.installed
 	$(PY) -m panelflow.catalog.report $(ARGS)
@@ -29,9 +34,10 @@ catalog-report: $(VENV)/.installed
 catalog-check: $(VENV)/.installed
 	$(PY) -c "from panelflow.catalog import load_catalog; c = load_catalog(); print(f'catalog ok: {len(c.threads)} threads')"
 
-## create/update Airflow pools from the catalog (needs AIRFLOW_HOME of a running set-up)
+## create/update Airflow pools from the catalog in the `make run` set-up
 pools: $(VENV)/.installed
-	$(PY) -m panelflow.pools
+	@test -f .panelflow/env.sh || { echo "start it once with make run first"; exit 1; }
+	. .panelflow/env.sh && $(PY) -m panelflow.pools
 
 bench: $(VENV)/.installed
 	$(PY) bench/parse.py

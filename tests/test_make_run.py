@@ -46,9 +46,11 @@ def start(home: Path, ports: dict[str, int]) -> tuple[subprocess.Popen, list[str
 def stop(proc: subprocess.Popen) -> list[psutil.Process]:
     family = psutil.Process(proc.pid).children(recursive=True)
     assert len(family) >= 6  # postgres, scheduler, dag-processor, triggerer, api-server, smtp sink (+ their workers)
+    started = time.monotonic()
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=90)
     assert proc.returncode == 0
+    print(f"make run stopped in {time.monotonic() - started:.1f} s")
     gone, alive = psutil.wait_procs(family, timeout=10)
     assert alive == [], [p.info if hasattr(p, "info") else p for p in alive]
     return family
@@ -102,6 +104,22 @@ def test_make_run_end_to_end(tmp_path):
         assert {t["task_id"]: t["state"] for t in tis} == {"expire_sessions": "success", "delete_old_session_history": "success"}
         summary = api.call("GET", f"/api/v2/dags/sessions_mgt_work/dagRuns/{run_id}/taskInstances/expire_sessions/xcomEntries/return_value")
         assert "moved_to_history" in str(summary["value"])
+
+        # the README's backfill, through the airflow CLI with .panelflow/env.sh
+        subprocess.run(
+            ["bash", "-c", f". {home}/env.sh && {sys.executable} -m airflow backfill create --dag-id sessions_mgt_work "
+             "--from-date 2026-11-20T00:00:00 --to-date 2026-11-20T00:30:00 --max-active-runs 1"],
+            check=True, capture_output=True, cwd=ROOT, env={k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")},
+        )
+        wanted = {"backfill__2026-11-20T00:07:00+00:00", "backfill__2026-11-20T00:22:00+00:00"}
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            runs = api.call("GET", "/api/v2/dags/sessions_mgt_work/dagRuns?limit=100")["dag_runs"]
+            states = {r["dag_run_id"]: r["state"] for r in runs if r["dag_run_id"] in wanted}
+            if len(states) == 2 and set(states.values()) <= {"success", "failed"}:
+                break
+            time.sleep(2)
+        assert states == dict.fromkeys(wanted, "success")
     finally:
         stop(proc)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
@@ -82,6 +83,14 @@ class Supervisor:
         )
         return env
 
+    def _write_cli_env(self, env: dict[str, str]) -> None:
+        """``.panelflow/env.sh``: what the airflow CLI needs to reach this set-up (``make airflow``)."""
+        keys = ("AIRFLOW_HOME", "PYTHONPATH", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__API_AUTH__JWT_SECRET",
+                "AIRFLOW__API__SECRET_KEY", "AIRFLOW_CONN_PANEL_DB", "AIRFLOW_CONN_SMTP_DEFAULT")
+        path = self.home / "env.sh"
+        path.write_text("".join(f"export {k}={shlex.quote(env[k])}\n" for k in keys))
+        path.chmod(0o600)
+
     def _run(self, env, *args: str) -> None:
         print(f"panelflow: {' '.join(args)}", flush=True)
         subprocess.run(args, env=env, check=True, cwd=ROOT)
@@ -99,6 +108,7 @@ class Supervisor:
                 if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,)).fetchone():
                     conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
         env = self.environment(server, sec)
+        self._write_cli_env(env)
         render(self.airflow_home, env)
         (self.airflow_home / "simple_auth_manager_passwords.json.generated").write_text(
             json.dumps({"admin": sec["admin_password"]}))
@@ -149,21 +159,23 @@ class Supervisor:
                 raise RuntimeError(f"{name} exited with {p.returncode}; see {self.home / 'logs' / (name + '.log')}")
 
     def stop(self) -> None:
+        """SIGTERM every group; SIGTERM again (the scheduler's "signal again if you don't want to
+        wait" for idle LocalExecutor workers); then SIGKILL whatever is left of each group."""
         self.stopping = True
-        for p in self.procs.values():
-            _signal_group(p, signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        for p in self.procs.values():
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-        for p in self.procs.values():  # whatever is left in a group (stuck worker, orphan): kill it
-            _signal_group(p, signal.SIGKILL)
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
+        for sig, grace in ((signal.SIGTERM, 10), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+            running = [p for p in self.procs.values() if p.poll() is None]
+            for p in self.procs.values():  # also groups whose leader is gone but whose children are not
+                _signal_group(p, sig)
+            deadline = time.monotonic() + grace
+            for p in running:
+                try:
+                    p.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
+            if all(p.poll() is not None for p in self.procs.values()) and sig != signal.SIGKILL:
+                for p in self.procs.values():  # leaders gone: sweep any orphan left in their groups
+                    _signal_group(p, signal.SIGKILL)
+                break
         self.procs.clear()
         if self.pg is not None:
             self.pg.stop()

@@ -67,9 +67,8 @@ def _to_python(node: yaml.Node, path: tuple, lines: dict[tuple, int], file: str)
             key = _to_python(key_node, path + ("<key>",), {}, file)
             if key in out:
                 raise CatalogError([f"{file}:{key_node.start_mark.line + 1}: duplicate key {key!r}"])
-            lines[path + (key,)] = key_node.start_mark.line + 1
             out[key] = _to_python(value_node, path + (key,), lines, file)
-            lines[path + (key,)] = key_node.start_mark.line + 1
+            lines[path + (key,)] = key_node.start_mark.line + 1  # a field's line is its key's line
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_to_python(item, path + (i,), lines, file) for i, item in enumerate(node.value)]
