@@ -160,6 +160,12 @@ def test_step_module_that_does_not_exist(tmp_path):
     assert "field steps.expire_sessions.run: no module 'panelflow.steps.session'" in msg
 
 
+def test_step_function_with_an_input_no_task_supplies(tmp_path):
+    """Caught when the catalog is checked, not when the task first runs."""
+    msg = only(tmp_path, GOOD_THREAD.replace("panelflow.steps.sessions.expire_sessions", "panelflow.steps._bounded.delete_older_than"))
+    assert "field steps.expire_sessions.run: panelflow.steps._bounded.delete_older_than takes ['conn', 'task'" in msg
+
+
 def test_dependency_cycle(tmp_path):
     body = GOOD_THREAD.replace('        number: "1"\n', '        number: "1"\n        after: [delete_old_session_history]\n')
     body = body.replace('        number: "2"\n', '        number: "2"\n        after: [expire_sessions]\n')

@@ -16,6 +16,8 @@ from typing import Any, NamedTuple
 
 from airflow.sdk import BaseOperator
 
+from panelflow.steps import STEP_INPUTS
+
 
 class Interval(NamedTuple):
     """The span a run covers. ``end`` is the step's clock: ages and due dates are measured from it."""
@@ -48,6 +50,7 @@ _PROVIDERS = {
     "params": lambda op, ctx: dict(ctx.get("params") or {}),
     "log": lambda op, ctx: op.log,
 }
+assert tuple(_PROVIDERS) == STEP_INPUTS  # the catalog check and the operator agree
 
 
 def _panel_db():

@@ -20,6 +20,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from panelflow.catalog.model import Domain, RunGroup, Settings, Thread
 from panelflow.queues import QUEUES
+from panelflow.steps import STEP_INPUTS
 
 GROUP_ACTIONS_POOL = "group_actions"
 DEFAULT_POOL = "default_pool"
@@ -197,8 +198,11 @@ def _report(problems: list[str], src: Source, rel: str, data: dict, exc: Validat
 
 
 @lru_cache(maxsize=64)
-def _module_functions(module: str) -> frozenset[str] | None:
-    """Top-level function names of a step module, read from its source without importing it."""
+def _module_functions(module: str) -> dict[str, list[str]] | None:
+    """Top-level functions of a step module and their parameters, read from its source.
+
+    Parsed, not imported: checking the catalog must not load backend libraries.
+    """
     try:
         spec = importlib.util.find_spec(module)
     except (ImportError, ValueError):
@@ -206,9 +210,11 @@ def _module_functions(module: str) -> frozenset[str] | None:
     if spec is None or not spec.origin or not spec.origin.endswith(".py"):
         return None
     tree = ast.parse(Path(spec.origin).read_text(), spec.origin)
-    return frozenset(
-        n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
-    )
+    return {
+        n.name: [a.arg for a in n.args.posonlyargs + n.args.args + n.args.kwonlyargs]
+        for n in tree.body
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+    }
 
 
 def _find_cycle(thread: Thread) -> list[str] | None:
@@ -368,6 +374,9 @@ def load_catalog(directory: Path | str | None = None) -> Catalog:
                 elif func not in functions:
                     problems.append(_fmt(src.file, at("run"), t.name, f"steps.{step.id}.run",
                                          f"module {module} has no function {func!r}"))
+                elif unknown := [a for a in functions[func] if a not in STEP_INPUTS]:
+                    problems.append(_fmt(src.file, at("run"), t.name, f"steps.{step.id}.run",
+                                         f"{step.run} takes {unknown}; a step may take {list(STEP_INPUTS)}"))
         cycle = _find_cycle(t) if all(a in ids for s in t.steps for a in s.after) else None
         if cycle:
             problems.append(_fmt(src.file, here("steps"), t.name, "steps.after", f"dependency cycle {' → '.join(cycle)}"))

@@ -1,0 +1,13 @@
+"""What each sub-step does: small functions, one domain a module.
+
+A step function names the inputs it needs as its parameters; the task supplies them:
+
+- ``interval``: the run's data interval (``.start``, ``.end``) — the step's only clock;
+- ``panel_db``: the panel database hook (Airflow connection ``panel_db``);
+- ``params``: the run's params;
+- ``log``: the task's logger.
+
+It returns a small summary dict (rows read, written, skipped) kept as the task's XCom.
+"""
+
+STEP_INPUTS = ("interval", "panel_db", "params", "log")
