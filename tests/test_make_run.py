@@ -125,8 +125,11 @@ def test_make_run_end_to_end(tmp_path):
 
     # a second run reuses the data: same login, no second demo load
     proc, lines = start(home, ports)
-    try:
-        out = "".join(lines)
-        assert "demo data:" not in out and f"login: admin / {password}" in out
-    finally:
-        stop(proc)
+    out = "".join(lines)
+    assert "demo data:" not in out and f"login: admin / {password}" in out
+    # and if the supervisor itself is killed outright, its children still go (parent-death signal)
+    family = psutil.Process(proc.pid).children(recursive=True)
+    proc.kill()
+    proc.wait(10)
+    gone, alive = psutil.wait_procs(family, timeout=60)
+    assert alive == []

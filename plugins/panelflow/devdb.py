@@ -9,8 +9,10 @@ as the unprivileged ``pgserver`` user, as pgserver itself does.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -36,6 +38,23 @@ def _system_user() -> str | None:
     ensure_folder_permissions(POSTGRES_BIN_PATH, 0o055)
     ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", 0o044)
     return "pgserver"
+
+
+try:
+    _LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
+except OSError:  # not glibc Linux
+    _LIBC = None
+
+
+def die_with_parent(sig: int = signal.SIGINT):
+    """A ``preexec_fn``: the child gets ``sig`` if whoever started it dies without stopping it
+    (SIGKILL, OOM). Imports nothing: it runs in the forked child."""
+
+    def arm() -> None:
+        if _LIBC is not None:
+            _LIBC.prctl(1, sig)  # PR_SET_PDEATHSIG
+
+    return arm
 
 
 def free_port() -> int:
@@ -83,7 +102,7 @@ class EmbeddedPostgres:
             args += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
         log = open(self.datadir / "server.log", "ab")
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, user=self.user,
-                                     start_new_session=False)
+                                     preexec_fn=die_with_parent(signal.SIGINT))  # SIGINT: fast shutdown
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -107,7 +126,7 @@ class EmbeddedPostgres:
 
     def stop(self, timeout: float = 20) -> None:
         if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(2)  # SIGINT: fast shutdown
+            self.proc.send_signal(signal.SIGINT)  # fast shutdown
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:

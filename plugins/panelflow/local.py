@@ -26,6 +26,7 @@ import urllib.request
 from pathlib import Path
 
 from panelflow.config import ROOT, render
+from panelflow.devdb import die_with_parent
 
 COMPONENTS = {
     "scheduler": ["scheduler"],
@@ -134,7 +135,7 @@ class Supervisor:
         for name, cmd in commands.items():
             out = open(logs / f"{name}.log", "ab")
             self.procs[name] = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                                start_new_session=True)
+                                                start_new_session=True, preexec_fn=die_with_parent(signal.SIGTERM))
         print(f"panelflow: started {', '.join(f'{n} ({p.pid})' for n, p in self.procs.items())}; "
               f"logs in {logs}", flush=True)
 
