@@ -94,8 +94,25 @@ class EmbeddedPostgres:
             check=True, capture_output=True, user=self.user,
         )
 
+    def _stop_stale(self, timeout: float = 20) -> None:
+        """A server left running on this data directory by a run that was killed: stop it."""
+        import psutil
+
+        pidfile = self.datadir / "postmaster.pid"
+        try:
+            server = psutil.Process(int(pidfile.read_text().split()[0]))
+            if "postgres" not in server.name():
+                return  # the pid was reused: the file is stale, postgres replaces it
+            server.send_signal(signal.SIGINT)
+            server.wait(timeout)
+        except (FileNotFoundError, ValueError, IndexError, psutil.NoSuchProcess):
+            return
+        except psutil.TimeoutExpired:
+            raise RuntimeError(f"a PostgreSQL server (pid {server.pid}) still holds {self.datadir}") from None
+
     def start(self, timeout: float = 30) -> "EmbeddedPostgres":
         self.init()
+        self._stop_stale()
         args = [_bin("postgres"), "-D", str(self.datadir), "-h", "127.0.0.1", "-p", str(self.port),
                 "-k", str(self.datadir), "-c", "max_connections=200"]
         if not self.durable:  # tests: no fsync, nothing to recover
