@@ -107,6 +107,8 @@ def test_manual_and_daemon():
         (FixedSchedule(kind="fixed", at=["15:20", "03:20"]), "at 03:20 and 15:20 Europe/London"),
         (DaemonSchedule(kind="daemon", queue="group_actions.sip"), "daemon (wakes on group_actions.sip)"),
         (IntervalSchedule(kind="interval", hours=4), "every 4 h"),
+        (FixedSchedule(kind="fixed", at=["01:30"], data_interval=True),
+         "at 01:30 Europe/London, each run covering the period before it"),
     ],
 )
 def test_schedule_in_words(schedule, words):

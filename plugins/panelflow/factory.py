@@ -28,30 +28,32 @@ def build_dags(catalog: Catalog | None = None) -> dict[str, DAG]:
 
 
 def _doc_md(catalog: Catalog, thread: Thread) -> str:
+    """The thread's page in the UI: what it is for, how it is scheduled, which steps are built."""
     tz = catalog.settings.timezone
     runnable = {s.id for s in thread.runnable_steps()}
-    built = len(runnable)
-
-    def status(s) -> str:
-        if s.id in runnable:
-            return "built"
-        return "blocked: needs a step not built yet" if s.implemented else "not built yet (not in this DAG)"
-
-    rows = "\n".join(f"| {s.number} | `{s.id}` | {s.seed} | {status(s)} |" for s in thread.steps)
     replaces = [t.name for t in catalog.threads if t.legacy and t.legacy.superseded_by == thread.name]
     lines = [
         f"# {thread.name}",
         thread.description,
         "",
-        f"- schedule: {describe(thread.schedule, tz)}",
-        f"- run groups: {', '.join(thread.run_groups) or '—'}",
-        f"- allowed nodes: {', '.join(thread.nodes)}",
-        f"- priority: {catalog.priority(thread)} (0 highest … 10 lowest)",
-        f"- steps built: {built} of {len(thread.steps)}",
+        f"- **schedule**: {describe(thread.schedule, tz)}",
+        f"- **run groups**: {', '.join(thread.run_groups) or '—'}",
+        f"- **allowed nodes**: {', '.join(thread.nodes)}",
+        f"- **priority**: {catalog.priority(thread)} (0 highest … 10 lowest)",
+        f"- **steps built**: {len(runnable)} of {len(thread.steps)}",
     ]
     if replaces:
-        lines.append(f"- replaces legacy threads: {', '.join(replaces)}")
-    lines += ["", "| # | task | seed | status |", "|---|---|---|---|", rows]
+        lines.append(f"- **replaces legacy threads**: {', '.join(replaces)}")
+
+    def section(title: str, steps) -> None:
+        if steps:
+            lines.extend(["", f"**{title}**", ""])
+            lines.extend(f"- **{s.number}** {s.seed} (`{s.id}`)" for s in steps)
+
+    section("Built: tasks of this DAG", [s for s in thread.steps if s.id in runnable])
+    section("Blocked: built, but needs a step not built yet",
+            [s for s in thread.steps if s.implemented and s.id not in runnable])
+    section("Not built yet (not in this DAG)", [s for s in thread.steps if not s.implemented])
     return "\n".join(lines)
 
 

@@ -65,8 +65,10 @@ def describe(schedule, timezone: str) -> str:
         return f"daemon (wakes on {schedule.queue})"
     if kind == "periodic":
         text = f"every {schedule.every} min"
-        return text + (f", aligned at :{schedule.align_to:02d}" if schedule.align_to else "")
-    if kind == "interval":
+        text += f", aligned at :{schedule.align_to:02d}" if schedule.align_to else ""
+    elif kind == "interval":
         parts = [f"{schedule.days} d" if schedule.days else "", f"{schedule.hours} h" if schedule.hours else ""]
-        return "every " + " ".join(p for p in parts if p)
-    return f"at {' and '.join(schedule.at)} {schedule.timezone or timezone}"
+        text = "every " + " ".join(p for p in parts if p)
+    else:
+        text = f"at {' and '.join(schedule.at)} {schedule.timezone or timezone}"
+    return text + (", each run covering the period before it" if schedule.data_interval else "")

@@ -14,7 +14,8 @@ from panelflow.schedules import describe
 
 def report(catalog: Catalog, verbose: bool = False) -> tuple[str, dict[str, int]]:
     tz = catalog.settings.timezone
-    lines = [f"{'thread':<40} {'domain':<13} {'schedule':<36} {'built/steps':>11}"]
+    w = max([len(describe(t.schedule, tz)) for t in catalog.live_threads] + [8])
+    lines = [f"{'thread':<40} {'domain':<13} {'schedule':<{w}} {'built/steps':>11}"]
     totals = {"threads": 0, "live": 0, "legacy": 0, "steps": 0, "built": 0}
     for t in sorted(catalog.threads, key=lambda t: (not t.is_live, t.name.lower())):
         totals["threads"] += 1
@@ -26,7 +27,7 @@ def report(catalog: Catalog, verbose: bool = False) -> tuple[str, dict[str, int]
         runnable = {s.id for s in t.runnable_steps()}
         totals["steps"] += len(t.steps)
         totals["built"] += len(runnable)
-        lines.append(f"{t.name:<40} {t.domain:<13} {describe(t.schedule, tz):<36} {len(runnable):>5}/{len(t.steps):<5}")
+        lines.append(f"{t.name:<40} {t.domain:<13} {describe(t.schedule, tz):<{w}} {len(runnable):>5}/{len(t.steps):<5}")
         if verbose:
             for s in t.steps:
                 state = "built" if s.id in runnable else "blocked" if s.implemented else "missing"
