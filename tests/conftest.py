@@ -65,7 +65,7 @@ def migrated_panel_db(postgres) -> str:
 
 PANEL_TABLES = (
     "service_queue_logs", "voice_bill_records", "temp_data", "azure_rates", "o365_subscription_reconciliations",
-    "email_logs", "sessions", "session_history", "group_action_jobs", "retention_runs",
+    "email_logs", "sessions", "session_history", "group_action_jobs", "retention_runs", "email_outbox",
 )
 
 
@@ -106,11 +106,24 @@ def airflow_db():
 
 
 class _Inbox:
+    """Keeps what it accepts. ``faults[address]`` is a list of answers to give, in turn, to
+    messages for that address before accepting: an SMTP reply ("451 …", "550 …") or "drop"
+    (close the connection in the middle of DATA, before any reply)."""
+
     def __init__(self):
         self.messages: list[email.message.EmailMessage] = []
         self.envelopes = []
+        self.faults: dict[str, list[str]] = {}
 
     async def handle_DATA(self, server, session, envelope):
+        for rcpt in envelope.rcpt_tos:
+            queue = self.faults.get(rcpt)
+            if queue:
+                action = queue.pop(0)
+                if action == "drop":
+                    server.transport.close()
+                    return None
+                return action
         self.envelopes.append(envelope)
         self.messages.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
         return "250 OK"

@@ -105,6 +105,18 @@ def test_make_run_end_to_end(tmp_path):
         summary = api.call("GET", f"/api/v2/dags/sessions_mgt_work/dagRuns/{run_id}/taskInstances/expire_sessions/xcomEntries/return_value")
         assert "moved_to_history" in str(summary["value"])
 
+        # the outbox sender delivers the demo notices into make run's SMTP sink (a Maildir)
+        run = api.call("POST", "/api/v2/dags/send_email_notifications_work/dagRuns", {"logical_date": None})
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            state = api.call("GET", f"/api/v2/dags/send_email_notifications_work/dagRuns/{run['dag_run_id']}")["state"]
+            if state in ("success", "failed"):
+                break
+            time.sleep(2)
+        assert state == "success"
+        delivered = list((home / "mail" / "new").iterdir())
+        assert len(delivered) == 20  # every demo notice exactly once, whichever run sent it
+
         # the README's backfill, through the airflow CLI with .panelflow/env.sh
         subprocess.run(
             ["bash", "-c", f". {home}/env.sh && {sys.executable} -m airflow backfill create --dag-id sessions_mgt_work "

@@ -1,8 +1,8 @@
 """Demo data for the panel DB: ``python -m panelflow.demo [URL] [--customers N]``.
 
 A provider's worth of rows for the tables the built threads work on — panel sessions (some
-expired, some logged out), session history, and logs and records of every age the retention
-steps look at — so a fresh ``make run`` has something for SessionsMgtWork and ProvisioningWork
+expired, some logged out), session history, due notifications in the outbox, and logs and
+records of every age the retention steps look at — so a fresh ``make run`` has something for SessionsMgtWork and ProvisioningWork
 to do. Deterministic (seeded) and set-based: N customers load in one statement per table.
 """
 
@@ -50,6 +50,13 @@ DEMO = [
        SELECT 'tenant-' || g %% 50, 'sub-' || g, jsonb_build_object('quantity', g %% 3 - 1),
               %(now)s - make_interval(days => g %% 540)
        FROM generate_series(1, %(n)s) g""",
+    # a few due notifications for SendEmailNotificationsWork (they land in make run's SMTP sink)
+    """INSERT INTO email_outbox (dedupe_key, template, to_address, subject, body_text, body_html, not_before, message_id)
+       SELECT 'demo-notice-' || g, 'notification', 'customer' || g || '@demo.example',
+              'Your service is ready (#' || g || ')', 'Hello,' || chr(10) || chr(10) || 'Your service #' || g || ' is ready.',
+              NULL, %(now)s - make_interval(mins => g %% 30), '<demo-notice-' || g || '@panelflow>'
+       FROM generate_series(1, 20) g
+       ON CONFLICT (dedupe_key) DO NOTHING""",
     """INSERT INTO email_logs (recipient, subject, status, sent_at)
        SELECT 'customer' || g %% 1000 || '@demo.example', 'Your invoice #' || g, 'sent',
               %(now)s - make_interval(days => g %% 120)
@@ -65,7 +72,7 @@ def load_demo(url: str, customers: int = 200, now: datetime | None = None) -> di
         for statement in DEMO:
             conn.execute(statement, {"now": now, "n": customers})
         tables = ("sessions", "session_history", "service_queue_logs", "voice_bill_records", "temp_data",
-                  "azure_rates", "o365_subscription_reconciliations", "email_logs")
+                  "azure_rates", "o365_subscription_reconciliations", "email_logs", "email_outbox")
         return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
 
 

@@ -128,8 +128,8 @@ class Supervisor:
     def start(self, env: dict[str, str]) -> None:
         logs = self.home / "logs"
         logs.mkdir(exist_ok=True)
-        (self.home / "mail").mkdir(exist_ok=True)
         commands = {name: [sys.executable, "-m", "airflow", *args] for name, args in COMPONENTS.items()}
+        # aiosmtpd's Mailbox handler makes the Maildir (new/, cur/, tmp/) itself if the folder is absent
         commands["smtp-sink"] = [sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{self.smtp_port}",
                                  "-c", "aiosmtpd.handlers.Mailbox", str(self.home / "mail")]
         for name, cmd in commands.items():
