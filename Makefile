@@ -42,6 +42,7 @@ pools: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/parse.py
+	$(PY) bench/mail.py
 
 ## re-resolve requirements.in into the exact lock requirements.txt
 lock: $(VENV)/.installed

@@ -138,12 +138,18 @@ class SmtpSession:
                 pass
             self.hook = None
 
-    def send(self, msg_for: callable) -> None:
-        """Send ``msg_for(default_from)``; a lost connection is reopened and the send retried."""
+    def sender(self) -> str:
+        """The connection's From address (opens the connection if needed)."""
+        if self.hook is None:
+            self._open()
+        return self.default_from
+
+    def send(self, msg: EmailMessage) -> None:
+        """Send ``msg``; a lost connection is reopened (bounded, with backoff) and the send retried."""
         for attempt in range(self.reconnects + 1):
             client = self._client() if self.hook is not None else self._open()
             try:
-                client.send_message(msg_for(self.default_from))
+                client.send_message(msg)
                 return
             except (smtplib.SMTPServerDisconnected, ConnectionError, TimeoutError) as exc:
                 self.hook = None  # the server never answered 250: nothing was accepted
@@ -160,6 +166,27 @@ WHERE id IN (
     ORDER BY priority, not_before, id
     LIMIT %(batch)s FOR UPDATE SKIP LOCKED)
 RETURNING id, to_address, from_address, subject, body_text, body_html, headers, message_id, attempts
+"""
+
+
+_RECORD_SENT = """
+WITH done AS (
+    UPDATE email_outbox SET status = 'sent', sent_at = clock_timestamp(), last_error = NULL
+    WHERE id = ANY(%s) RETURNING id, to_address, subject, message_id, sent_at)
+INSERT INTO email_logs (recipient, subject, status, sent_at, outbox_id, message_id)
+SELECT to_address, subject, 'sent', sent_at, id, message_id FROM done
+"""
+
+# The same, and the next message marked 'sending', in one statement (one commit per message).
+_MARK_SENDING = """
+WITH done AS (
+    UPDATE email_outbox SET status = 'sent', sent_at = clock_timestamp(), last_error = NULL
+    WHERE id = ANY(%s) RETURNING id, to_address, subject, message_id, sent_at
+), logged AS (
+    INSERT INTO email_logs (recipient, subject, status, sent_at, outbox_id, message_id)
+    SELECT to_address, subject, 'sent', sent_at, id, message_id FROM done)
+UPDATE email_outbox SET status = 'sending', attempts = attempts + 1, claimed_at = clock_timestamp()
+WHERE id = %s
 """
 
 
@@ -184,30 +211,46 @@ def release_stale_claims(conn, lease: timedelta = LEASE) -> dict[str, int]:
 def send_due(conn, *, as_of: datetime, claimer: str, smtp_conn_id: str = "smtp_default", batch: int = 100,
              max_messages: int = 5000, max_attempts: int = 5, lease: timedelta = LEASE,
              session: SmtpSession | None = None) -> dict[str, Any]:
-    """Send the messages due at ``as_of`` (at most ``max_messages``); returns a summary."""
+    """Send the messages due at ``as_of`` (at most ``max_messages``); returns a summary.
+
+    One commit per message: it records the previous messages as sent and marks this one
+    ``sending`` before its DATA. Recording "sent" late is safe — if the worker dies first,
+    those messages end ``uncertain``, never resent.
+    """
+    autocommit = conn.autocommit
+    conn.commit()
+    conn.autocommit = True  # each state change below is one statement: atomic and durable on its own
     stale = release_stale_claims(conn, lease)
     counts = {"sent": 0, "deferred": 0, "failed": 0}
     errors: list[str] = []
+    unrecorded: list[dict] = []  # accepted by the server, "sent" not yet committed
     session = session or SmtpSession(smtp_conn_id)
+
+    def record_sent() -> None:
+        if unrecorded:
+            conn.execute(_RECORD_SENT, ([r["id"] for r in unrecorded],))
+            unrecorded.clear()
+
     try:
-        while counts["sent"] + counts["deferred"] + counts["failed"] < max_messages:
-            left = max_messages - sum(counts.values())
+        while sum(counts.values()) < max_messages:
             with conn.transaction():
-                rows = conn.execute(_CLAIM, {"claimer": claimer, "as_of": as_of, "batch": min(batch, left)}).fetchall()
+                record_sent()
+                rows = conn.execute(_CLAIM, {"claimer": claimer, "as_of": as_of,
+                                             "batch": min(batch, max_messages - sum(counts.values()))}).fetchall()
             if not rows:
                 break
-            for row in rows:
+            for values in rows:
                 row = dict(zip(("id", "to_address", "from_address", "subject", "body_text", "body_html", "headers",
-                                "message_id", "attempts"), row))
-                with conn.transaction():
-                    conn.execute("UPDATE email_outbox SET status = 'sending', attempts = attempts + 1,"
-                                 " claimed_at = clock_timestamp() WHERE id = %s", (row["id"],))
+                                "message_id", "attempts"), values))
+                msg = _build(row, session.sender())  # before 'sending': a bad row fails while still 'claimed'
+                # one statement, one commit: the previous message(s) sent, this one sending
+                conn.execute(_MARK_SENDING, ([r["id"] for r in unrecorded], row["id"]))
+                unrecorded.clear()
                 try:
-                    session.send(lambda default_from, r=row: _build(r, default_from))
+                    session.send(msg)
                 except (smtplib.SMTPException, OSError) as exc:  # the server's answer: recorded per message
                     attempts = row["attempts"] + 1
-                    transient = is_transient(exc)
-                    give_up = not transient or attempts >= max_attempts
+                    give_up = not is_transient(exc) or attempts >= max_attempts
                     reason = f"{type(exc).__name__}: {exc}"[:500]
                     errors.append(f"{row['to_address']}: {reason}")
                     with conn.transaction():
@@ -221,26 +264,17 @@ def send_due(conn, *, as_of: datetime, claimer: str, smtp_conn_id: str = "smtp_d
                                          (row["to_address"], row["subject"], row["id"], row["message_id"], reason))
                     counts["failed" if give_up else "deferred"] += 1
                     continue
-                with conn.transaction():
-                    conn.execute("UPDATE email_outbox SET status = 'sent', sent_at = clock_timestamp(),"
-                                 " last_error = NULL WHERE id = %s", (row["id"],))
-                    conn.execute("INSERT INTO email_logs (recipient, subject, status, sent_at, outbox_id, message_id)"
-                                 " VALUES (%s, %s, 'sent', clock_timestamp(), %s, %s)",
-                                 (row["to_address"], row["subject"], row["id"], row["message_id"]))
+                unrecorded.append(row)
                 counts["sent"] += 1
-    except Exception:
-        # Not an SMTP answer (a bug, a bad template row): nothing went on the wire for the message
-        # being built, so it goes back with the rest of the claim, and the task fails loudly.
-        with conn.transaction():
-            conn.execute("UPDATE email_outbox SET status = 'pending', claimed_by = NULL, claimed_at = NULL,"
-                         " attempts = greatest(attempts - 1, 0) WHERE status = 'sending' AND claimed_by = %s",
-                         (claimer,))
-        raise
     finally:
+        # Whatever happened: what the server accepted is recorded, and claims not reached go
+        # back to pending. A message interrupted mid-DATA stays 'sending' → uncertain later.
         session.close()
-        with conn.transaction():  # anything claimed but not reached goes back
+        with conn.transaction():
+            record_sent()
             conn.execute("UPDATE email_outbox SET status = 'pending', claimed_by = NULL, claimed_at = NULL"
                          " WHERE status = 'claimed' AND claimed_by = %s", (claimer,))
+        conn.autocommit = autocommit
     (backlog,) = conn.execute("SELECT count(*) FROM email_outbox WHERE status = 'pending' AND not_before <= %s",
                               (as_of,)).fetchone()
     return {**counts, **stale, "due_left": backlog, "errors": errors[:20]}
