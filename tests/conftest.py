@@ -66,6 +66,7 @@ def migrated_panel_db(postgres) -> str:
 PANEL_TABLES = (
     "service_queue_logs", "voice_bill_records", "temp_data", "azure_rates", "o365_subscription_reconciliations",
     "email_logs", "sessions", "session_history", "group_action_jobs", "retention_runs", "email_outbox",
+    "email_campaigns", "email_campaign_recipients", "email_unsubscribes",
 )
 
 

@@ -68,13 +68,18 @@ def enqueue(conn, *, dedupe_key: str, to: str, template: str, context: dict[str,
     """Queue one message for one event; False when that event's message is already queued."""
     subject, text, html = render(template, context)
     row = conn.execute(
-        "INSERT INTO email_outbox (dedupe_key, template, to_address, from_address, subject, body_text, body_html,"
-        " headers, priority, not_before, message_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-        " ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
+        _INSERT + " RETURNING id",
         (dedupe_key, template, to, from_address, subject, text, html, Jsonb(headers or {}), priority, not_before,
-         message_id(dedupe_key)),
+         message_id(dedupe_key), None),
     ).fetchone()
     return row is not None
+
+
+_INSERT = (
+    "INSERT INTO email_outbox (dedupe_key, template, to_address, from_address, subject, body_text, body_html,"
+    " headers, priority, not_before, message_id, campaign_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    " ON CONFLICT (dedupe_key) DO NOTHING"
+)
 
 
 def _build(row: dict, default_from: str) -> EmailMessage:
