@@ -14,6 +14,7 @@ from panelflow.mail import _INSERT, message_id, send_due
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 EXPAND_CHUNK = 2000
 MAX_EXPAND_PER_RUN = 200_000  # bounded: a bigger campaign continues in the next run
+MAX_SEND_PER_RUN = 50_000  # a few minutes of SMTP at the measured rate; the rest next run
 
 
 def _claimer() -> str:
@@ -116,7 +117,7 @@ def process_email_campaigns(panel_db, interval) -> dict:
                 "UPDATE email_outbox o SET status = 'cancelled', last_error = 'unsubscribed'"
                 " FROM email_unsubscribes u WHERE o.campaign_id IS NOT NULL AND o.status = 'pending'"
                 " AND lower(o.to_address) = u.email").rowcount
-        sent = send_due(conn, as_of=interval.end, claimer=_claimer())
+        sent = send_due(conn, as_of=interval.end, claimer=_claimer(), batch=500, max_messages=MAX_SEND_PER_RUN)
         with conn.transaction():
             report["finished"] = conn.execute(
                 "UPDATE email_campaigns c SET status = 'done', finished_at = clock_timestamp()"
