@@ -68,14 +68,15 @@ def enqueue(conn, *, dedupe_key: str, to: str, template: str, context: dict[str,
     """Queue one message for one event; False when that event's message is already queued."""
     subject, text, html = render(template, context)
     row = conn.execute(
-        _INSERT + " RETURNING id",
+        INSERT_MESSAGE + " RETURNING id",
         (dedupe_key, template, to, from_address, subject, text, html, Jsonb(headers or {}), priority, not_before,
          message_id(dedupe_key), None),
     ).fetchone()
     return row is not None
 
 
-_INSERT = (
+# One outbox row; parameters in column order. Bulk producers (campaigns) use it with executemany.
+INSERT_MESSAGE = (
     "INSERT INTO email_outbox (dedupe_key, template, to_address, from_address, subject, body_text, body_html,"
     " headers, priority, not_before, message_id, campaign_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
     " ON CONFLICT (dedupe_key) DO NOTHING"

@@ -9,7 +9,7 @@ from datetime import timedelta
 
 from psycopg.types.json import Jsonb
 
-from panelflow.mail import _INSERT, message_id, send_due
+from panelflow.mail import INSERT_MESSAGE, message_id, send_due
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 EXPAND_CHUNK = 2000
@@ -85,7 +85,7 @@ def _expand(conn, campaign: dict, budget: int, report: dict) -> int:
             batch.append((key, "campaign", email, campaign["from_address"], subject, text, html, Jsonb({}), 7,
                           not_before, message_id(key), campaign["id"]))
         with conn.transaction(), conn.cursor() as cur:
-            cur.executemany(_INSERT, batch)
+            cur.executemany(INSERT_MESSAGE, batch)
         queued += len(batch)
     return queued
 
