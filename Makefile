@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 UV_VERSION := 0.13.9
 export PYTHONPATH := $(CURDIR)/plugins
 
-.PHONY: run test airflow catalog-report catalog-check pools bench lock clean
+.PHONY: run test system-deps airflow catalog-report catalog-check pools bench lock clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,17 @@ $(VENV)/.installed: requirements.txt
 run: $(VENV)/.installed
 	$(PY) -m panelflow.local
 
-## the whole suite: unit + integration on real PostgreSQL and SMTP (loopback only)
-test: $(VENV)/.installed
+## servers the tests start on 127.0.0.1 that no wheel brings (PostgreSQL and SMTP come from the lock)
+SYSTEM_BINARIES := dnsmasq
+SYSTEM_PACKAGES := dnsmasq-base
+system-deps:
+	@missing=""; for b in $(SYSTEM_BINARIES); do command -v $$b >/dev/null 2>&1 || test -x /usr/sbin/$$b || missing="$$missing $$b"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES); \
+	  else echo "missing:$$missing — install: sudo apt-get install $(SYSTEM_PACKAGES)"; exit 1; fi; fi
+
+## the whole suite: unit + integration on real PostgreSQL, SMTP and DNS servers (loopback only)
+test: $(VENV)/.installed system-deps
 	$(PY) -m pytest
 
 ## the airflow CLI against the `make run` set-up, e.g. make airflow ARGS="dags list"

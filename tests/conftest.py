@@ -66,7 +66,7 @@ def migrated_panel_db(postgres) -> str:
 PANEL_TABLES = (
     "service_queue_logs", "voice_bill_records", "temp_data", "azure_rates", "o365_subscription_reconciliations",
     "email_logs", "sessions", "session_history", "group_action_jobs", "retention_runs", "email_outbox",
-    "email_campaigns", "email_campaign_recipients", "email_unsubscribes",
+    "email_campaigns", "email_campaign_recipients", "email_unsubscribes", "domains",
 )
 
 
@@ -151,3 +151,57 @@ def smtp_server(monkeypatch):
     inbox.port = port
     yield inbox
     controller.stop()
+
+
+def _require(binary: str) -> str:
+    path = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/sbin")
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{binary} is not installed (make test installs it)")
+        pytest.skip(f"{binary} is not installed")
+    return path
+
+
+@pytest.fixture
+def dnsmasq(tmp_path, monkeypatch):
+    """A real DNS server on 127.0.0.1 answering for example.test, wired as ``dns_resolver``.
+
+    ``dnsmasq(txt={"name": "value", …})`` starts it with those TXT records.
+    """
+    import json
+    import socket
+    import subprocess
+    import time
+
+    binary = _require("dnsmasq")
+    procs = []
+
+    def start(txt: dict[str, str]):
+        from panelflow.devdb import free_port
+
+        port = free_port()
+        args = [binary, "--no-daemon", "--conf-file=/dev/null", f"--port={port}", "--listen-address=127.0.0.1",
+                "--bind-interfaces", "--no-resolv", "--no-hosts", "--pid-file=", "--user=root",
+                "--local=/example.test/", "--local-ttl=1"]
+        args += [f"--txt-record={name},{value}" for name, value in txt.items()]  # no shell: no quotes
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        procs.append(proc)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # ready when it answers on UDP
+            import dns.message
+            import dns.query
+
+            try:
+                dns.query.udp(dns.message.make_query("probe.example.test", "TXT"), "127.0.0.1", port=port, timeout=0.2)
+                break
+            except Exception:
+                if proc.poll() is not None:
+                    raise RuntimeError(proc.stderr.read().decode())
+        monkeypatch.setenv("AIRFLOW_CONN_DNS_RESOLVER", json.dumps(
+            {"conn_type": "dns", "host": "127.0.0.1", "port": port, "extra": {"timeout": 1, "lifetime": 2}}))
+        return port
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        proc.wait(5)
