@@ -169,7 +169,6 @@ def dnsmasq(tmp_path, monkeypatch):
     ``dnsmasq(txt={"name": "value", …})`` starts it with those TXT records.
     """
     import json
-    import socket
     import subprocess
     import time
 

@@ -7,7 +7,7 @@ import pytest
 from panelflow.alerts import ThreadFailureNotifier
 from panelflow.catalog import load_catalog
 from panelflow.factory import WAIT_TASK_ID
-from panelflow.operators import StepOperator, WaitForPendingWorkOperator
+from panelflow.operators import StepOperator
 
 
 @pytest.fixture(scope="module")

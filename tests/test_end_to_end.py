@@ -11,7 +11,6 @@ import textwrap
 from urllib.parse import urlsplit
 
 import pendulum
-import pytest
 
 from panelflow.catalog import default_catalog_dir, load_catalog
 from panelflow.factory import build_dags

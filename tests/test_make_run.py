@@ -16,7 +16,6 @@ import urllib.request
 from pathlib import Path
 
 import psutil
-import pytest
 
 from panelflow.catalog import load_catalog
 from panelflow.devdb import free_port

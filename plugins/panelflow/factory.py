@@ -27,10 +27,9 @@ def build_dags(catalog: Catalog | None = None) -> dict[str, DAG]:
     return {t.dag_id: build_dag(catalog, t) for t in catalog.live_threads}
 
 
-def _doc_md(catalog: Catalog, thread: Thread) -> str:
+def _doc_md(catalog: Catalog, thread: Thread, runnable: set[str]) -> str:
     """The thread's page in the UI: what it is for, how it is scheduled, which steps are built."""
     tz = catalog.settings.timezone
-    runnable = {s.id for s in thread.runnable_steps()}
     replaces = [t.name for t in catalog.threads if t.legacy and t.legacy.superseded_by == thread.name]
     lines = [
         f"# {thread.name}",
@@ -66,7 +65,7 @@ def build_dag(catalog: Catalog, thread: Thread) -> DAG:
         dag_id=thread.dag_id,
         dag_display_name=thread.name,
         description=thread.description[:200],
-        doc_md=_doc_md(catalog, thread),
+        doc_md=_doc_md(catalog, thread, {s.id for s in built}),
         schedule=timetable_for(thread.schedule, settings.timezone),
         start_date=pendulum.datetime(start.year, start.month, start.day, tz=settings.timezone),
         catchup=False,

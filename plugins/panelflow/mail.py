@@ -25,7 +25,7 @@ import smtplib
 import time
 from datetime import datetime, timedelta
 from email.message import EmailMessage
-from email.utils import formataddr, formatdate
+from email.utils import formatdate
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -175,25 +175,16 @@ RETURNING id, to_address, from_address, subject, body_text, body_html, headers, 
 """
 
 
-_RECORD_SENT = """
-WITH done AS (
+_SENT = """done AS (
     UPDATE email_outbox SET status = 'sent', sent_at = clock_timestamp(), last_error = NULL
-    WHERE id = ANY(%s) RETURNING id, to_address, subject, message_id, sent_at)
-INSERT INTO email_logs (recipient, subject, status, sent_at, outbox_id, message_id)
-SELECT to_address, subject, 'sent', sent_at, id, message_id FROM done
-"""
-
+    WHERE id = ANY(%s) RETURNING id, to_address, subject, message_id, sent_at)"""
+_LOG_SENT = """INSERT INTO email_logs (recipient, subject, status, sent_at, outbox_id, message_id)
+    SELECT to_address, subject, 'sent', sent_at, id, message_id FROM done"""
+_RECORD_SENT = f"WITH {_SENT} {_LOG_SENT}"
 # The same, and the next message marked 'sending', in one statement (one commit per message).
-_MARK_SENDING = """
-WITH done AS (
-    UPDATE email_outbox SET status = 'sent', sent_at = clock_timestamp(), last_error = NULL
-    WHERE id = ANY(%s) RETURNING id, to_address, subject, message_id, sent_at
-), logged AS (
-    INSERT INTO email_logs (recipient, subject, status, sent_at, outbox_id, message_id)
-    SELECT to_address, subject, 'sent', sent_at, id, message_id FROM done)
+_MARK_SENDING = f"""WITH {_SENT}, logged AS ({_LOG_SENT})
 UPDATE email_outbox SET status = 'sending', attempts = attempts + 1, claimed_at = clock_timestamp()
-WHERE id = %s
-"""
+WHERE id = %s"""
 
 
 def release_stale_claims(conn, lease: timedelta = LEASE) -> dict[str, int]:
