@@ -67,6 +67,7 @@ PANEL_TABLES = (
     "service_queue_logs", "voice_bill_records", "temp_data", "azure_rates", "o365_subscription_reconciliations",
     "email_logs", "sessions", "session_history", "group_action_jobs", "retention_runs", "email_outbox",
     "email_campaigns", "email_campaign_recipients", "email_unsubscribes", "domains",
+    "audit_logs", "audit_logs_archive", "o365_admin_audit_logs", "o365_admin_audit_logs_archive",
 )
 
 

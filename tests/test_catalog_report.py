@@ -6,10 +6,10 @@ from panelflow.catalog.report import report
 
 def test_report_counts_the_whole_seed():
     text, totals = report(load_catalog(), verbose=True)
-    assert totals == {"threads": 69, "live": 61, "legacy": 8, "steps": 157, "built": 11}
-    assert "totals: 69 threads (61 live, 8 legacy), 157 steps, 11 implemented (7.0%), 146 missing" in text
+    assert totals == {"threads": 69, "live": 61, "legacy": 8, "steps": 157, "built": 13}
+    assert "totals: 69 threads (61 live, 8 legacy), 157 steps, 13 implemented (8.3%), 144 missing" in text
     provisioning = next(line for line in text.splitlines() if line.startswith("ProvisioningWork "))
-    assert provisioning.rstrip().endswith("6/46")
+    assert provisioning.rstrip().endswith("8/46")
     assert "VPSStorageStatsWork" in text and "superseded by HyperVHomeBackendThread" in text
     assert "    1.1   missing  " in text  # PeerFileSyncWork's sub-steps are counted too
 

@@ -77,6 +77,7 @@ def test_built_steps_and_their_dags(dagbag):
     assert set(dagbag.dags["provisioning_work"].task_ids) == {
         "delete_old_service_queue_logs", "delete_old_voice_bill_records", "delete_old_temp_data",
         "delete_old_azure_rates", "delete_old_o365_reconciliation_records", "delete_old_email_logs",
+        "archive_audit_logs", "archive_o365_audit_logs",
     }
     assert set(dagbag.dags["sessions_mgt_work"].task_ids) == {"expire_sessions", "delete_old_session_history"}
     assert set(dagbag.dags["send_email_notifications_work"].task_ids) == {"send_due_notifications"}

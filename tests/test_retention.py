@@ -115,3 +115,30 @@ def test_bookkeeping_is_pruned(panel_db, sql):
         "('delete_old_email_logs', %s::timestamptz - interval '3 days', 5)", (END, END))
     retention.delete_old_email_logs(panel_db, AT)
     assert sql("SELECT count(*) FROM retention_runs WHERE task = 'delete_old_email_logs'")[0][0] == 2  # 3 days + this run
+
+
+def test_audit_logs_move_to_the_archive_once(panel_db, sql):
+    sql("INSERT INTO audit_logs (occurred_at, actor, action, target) SELECT %s::timestamptz - make_interval(days => d),"
+        " 'admin', 'login', 'panel' FROM unnest(ARRAY[1, 179, 180, 181, 400, 3000]) d", (END,))
+    summary = retention.archive_audit_logs(panel_db, AT)
+    assert summary["archived"] == 3 and summary["archive_pruned"] == 1  # 181 and 400 stay archived; 3000 days > 7 y
+    live = sorted(r[0] for r in sql("SELECT (%s::timestamptz - occurred_at) FROM audit_logs", (END,)))
+    assert [d.days for d in live] == [1, 179, 180]
+    archived = sql("SELECT (%s::timestamptz - occurred_at), archived_at FROM audit_logs_archive ORDER BY 1", (END,))
+    assert [(d.days, at) for d, at in archived] == [(181, END), (400, END)]
+    # ids are kept, so an entry is in exactly one table; a rerun moves nothing more
+    assert sql("SELECT count(*) FROM audit_logs a JOIN audit_logs_archive b USING (id)")[0][0] == 0
+    again = retention.archive_audit_logs(panel_db, AT)
+    assert again["archived"] == 0 and again["archive_pruned"] == 0
+
+
+def test_o365_audit_logs_keep_their_tenant(panel_db, sql, monkeypatch):
+    monkeypatch.setattr(retention, "BATCH", 40)
+    sql("INSERT INTO o365_admin_audit_logs (occurred_at, actor, action, tenant_id) SELECT"
+        " %s::timestamptz - interval '200 days', 'admin@t.example', 'Add user', 'tenant-' || g %% 3"
+        " FROM generate_series(1, 100) g", (END,))
+    summary = retention.archive_o365_audit_logs(panel_db, AT)
+    assert summary["archived"] == 100 and summary["archive_batches"] == 3
+    assert dict(sql("SELECT tenant_id, count(*) FROM o365_admin_audit_logs_archive GROUP BY 1")) == {
+        "tenant-0": 33, "tenant-1": 34, "tenant-2": 33}
+    assert sql("SELECT count(*) FROM o365_admin_audit_logs")[0][0] == 0

@@ -8,6 +8,7 @@ removes what was old on its own date.
 from __future__ import annotations
 
 from dateutil.relativedelta import relativedelta
+from psycopg import sql
 
 from panelflow.steps._bounded import delete_older_than
 
@@ -60,3 +61,54 @@ def delete_old_email_logs(panel_db, interval) -> dict:
     """Remove 2 months older email logs."""
     return _purge(panel_db, interval, task="delete_old_email_logs", table="email_logs",
                   column="sent_at", age=relativedelta(months=2))
+
+
+# Audit logs: recent entries stay where the panel's audit screens read them; older ones move to
+# an archive table of the same shape (removed from the live table and archived in one statement,
+# so an entry is in exactly one of the two), and archived entries go after ARCHIVE_KEEP.
+AUDIT_LIVE_DAYS = 180
+ARCHIVE_KEEP = relativedelta(years=7)
+_AUDIT_COLUMNS = ("id", "occurred_at", "actor", "action", "target", "details")
+
+
+def _archive(conn, *, live: str, archive: str, columns: tuple[str, ...], cutoff, archived_at,
+             max_rows: int = DEFAULT_MAX_ROWS) -> dict:
+    cols = sql.SQL(", ").join(map(sql.Identifier, columns))
+    move = sql.SQL(
+        "WITH moved AS (DELETE FROM {live} WHERE id IN ("
+        " SELECT id FROM {live} WHERE occurred_at < %s ORDER BY occurred_at, id LIMIT %s FOR UPDATE SKIP LOCKED)"
+        " RETURNING {cols})"
+        " INSERT INTO {archive} ({cols}, archived_at) SELECT {cols}, %s FROM moved ON CONFLICT (id) DO NOTHING"
+    ).format(live=sql.Identifier(live), archive=sql.Identifier(archive), cols=cols)
+    moved = batches = 0
+    while moved < max_rows:
+        want = min(BATCH, max_rows - moved)
+        with conn.transaction():
+            n = conn.execute(move, (cutoff, want, archived_at)).rowcount
+        moved += n
+        batches += 1
+        if n < want:
+            break
+    return {"archived": moved, "archive_batches": batches, "cutoff": cutoff.isoformat()}
+
+
+def _archive_and_prune(panel_db, interval, *, live: str, archive: str, columns: tuple[str, ...]) -> dict:
+    with panel_db.get_conn() as conn:
+        summary = _archive(conn, live=live, archive=archive, columns=columns,
+                           cutoff=interval.end - relativedelta(days=AUDIT_LIVE_DAYS), archived_at=interval.end)
+        pruned = delete_older_than(conn, task=f"prune_{archive}", table=archive, column="occurred_at",
+                                   cutoff=interval.end - ARCHIVE_KEEP, interval_end=interval.end,
+                                   max_rows=DEFAULT_MAX_ROWS, batch_size=BATCH)
+    return {**summary, "archive_pruned": pruned["deleted"]}
+
+
+def archive_audit_logs(panel_db, interval) -> dict:
+    """Remove and archive audit logs: entries older than AUDIT_LIVE_DAYS move to the archive."""
+    return _archive_and_prune(panel_db, interval, live="audit_logs", archive="audit_logs_archive",
+                              columns=_AUDIT_COLUMNS)
+
+
+def archive_o365_audit_logs(panel_db, interval) -> dict:
+    """Remove and archive O365 audit logs: the same for Microsoft 365 admin audit entries."""
+    return _archive_and_prune(panel_db, interval, live="o365_admin_audit_logs",
+                              archive="o365_admin_audit_logs_archive", columns=(*_AUDIT_COLUMNS, "tenant_id"))
