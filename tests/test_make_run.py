@@ -23,8 +23,9 @@ from panelflow.devdb import free_port
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def start(home: Path, ports: dict[str, int]) -> tuple[subprocess.Popen, list[str]]:
+def start(home: Path, ports: dict[str, int], **extra: str) -> tuple[subprocess.Popen, list[str]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PANELFLOW"))}
+    env.update(extra)
     env.update(PANELFLOW_HOME=str(home), PANELFLOW_API_PORT=str(ports["api"]), PANELFLOW_PG_PORT=str(ports["pg"]),
                PANELFLOW_SMTP_PORT=str(ports["smtp"]), PYTHONPATH=str(ROOT / "plugins"))
     proc = subprocess.Popen([sys.executable, "-m", "panelflow.local"], cwd=ROOT, env=env, text=True,
@@ -44,7 +45,7 @@ def start(home: Path, ports: dict[str, int]) -> tuple[subprocess.Popen, list[str
 
 def stop(proc: subprocess.Popen) -> list[psutil.Process]:
     family = psutil.Process(proc.pid).children(recursive=True)
-    assert len(family) >= 6  # postgres, scheduler, dag-processor, triggerer, api-server, smtp sink (+ their workers)
+    assert len(family) >= 5  # scheduler, dag-processor, triggerer, api-server, smtp sink (+ postgres, workers)
     started = time.monotonic()
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=90)
@@ -144,3 +145,28 @@ def test_make_run_end_to_end(tmp_path):
     proc.wait(10)
     gone, alive = psutil.wait_procs(family, timeout=60)
     assert alive == []
+
+
+def test_make_run_on_a_server_named_by_the_environment(tmp_path):
+    """PANELFLOW_DATABASE_URL: no embedded PostgreSQL; that server holds both databases and is
+    left running when make run stops (it is not make run's to stop)."""
+    import psycopg
+
+    from panelflow.devdb import EmbeddedPostgres
+
+    server = EmbeddedPostgres(tmp_path / "their-pg", durable=False).start()
+    try:
+        home = tmp_path / "panelflow"
+        ports = {"api": free_port(), "pg": free_port(), "smtp": free_port()}
+        proc, lines = start(home, ports, PANELFLOW_DATABASE_URL=server.uri("").rstrip("/"))
+        try:
+            assert not (home / "pgdata").exists()
+            password = json.loads((home / "secrets.json").read_text())["admin_password"]
+            assert Api(ports["api"], password).call("GET", "/api/v2/dags?limit=1")["total_entries"] == 61
+            with psycopg.connect(server.uri("panel")) as conn:
+                assert conn.execute("SELECT count(*) FROM sessions").fetchone()[0] == 200  # demo data there
+        finally:
+            stop(proc)
+        assert server.proc.poll() is None  # still running
+    finally:
+        server.stop()
