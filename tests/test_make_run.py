@@ -139,8 +139,17 @@ def test_make_run_end_to_end(tmp_path):
     proc, lines = start(home, ports)
     out = "".join(lines)
     assert "demo data:" not in out and f"login: admin / {password}" in out
-    # and if the supervisor itself is killed outright, its children still go (parent-death signal)
+    # and if the supervisor itself is killed outright, its children still go (parent-death
+    # signal + watchdog) — with the scheduler's LocalExecutor workers started, which is when a
+    # single SIGTERM is not enough for the scheduler
+    api = Api(ports["api"], password)
+    run = api.call("POST", "/api/v2/dags/send_email_notifications_work/dagRuns", {"logical_date": None})
+    deadline = time.monotonic() + 120
+    while api.call("GET", f"/api/v2/dags/send_email_notifications_work/dagRuns/{run['dag_run_id']}")["state"] \
+            not in ("success", "failed") and time.monotonic() < deadline:
+        time.sleep(2)
     family = psutil.Process(proc.pid).children(recursive=True)
+    assert any("LocalExecutor" in " ".join(p.cmdline()) or "LocalExecutor" in p.name() for p in family)
     proc.kill()
     proc.wait(10)
     gone, alive = psutil.wait_procs(family, timeout=60)

@@ -45,6 +45,7 @@ class Supervisor:
         self.airflow_home = self.home / "airflow"
         self.procs: dict[str, subprocess.Popen] = {}
         self.pg = None
+        self.watchdog: subprocess.Popen | None = None
         self.stopping = False
 
     # -- set-up ---------------------------------------------------------------------------
@@ -128,6 +129,8 @@ class Supervisor:
     def start(self, env: dict[str, str]) -> None:
         logs = self.home / "logs"
         logs.mkdir(exist_ok=True)
+        self.watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG], stdin=subprocess.PIPE, text=True,
+                                         start_new_session=True)
         commands = {name: [sys.executable, "-m", "airflow", *args] for name, args in COMPONENTS.items()}
         # aiosmtpd's Mailbox handler makes the Maildir (new/, cur/, tmp/) itself if the folder is absent
         commands["smtp-sink"] = [sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{self.smtp_port}",
@@ -136,6 +139,8 @@ class Supervisor:
             out = open(logs / f"{name}.log", "ab")
             self.procs[name] = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                                                 start_new_session=True, preexec_fn=die_with_parent(signal.SIGTERM))
+            self.watchdog.stdin.write(f"{self.procs[name].pid}\n")
+            self.watchdog.stdin.flush()
         print(f"panelflow: started {', '.join(f'{n} ({p.pid})' for n, p in self.procs.items())}; "
               f"logs in {logs}", flush=True)
 
@@ -178,9 +183,40 @@ class Supervisor:
                     _signal_group(p, signal.SIGKILL)
                 break
         self.procs.clear()
+        if self.watchdog is not None:  # nothing left for it: it exits at once
+            self.watchdog.stdin.close()
+            self.watchdog.wait(30)
+            self.watchdog = None
         if self.pg is not None:
             self.pg.stop()
             self.pg = None
+
+
+# Outlives the supervisor in a session of its own. The supervisor writes each component's
+# process group to its stdin; when that pipe closes — a clean stop, or the supervisor killed
+# outright — it stops whatever is left of those groups in the same stages as Supervisor.stop.
+_WATCHDOG = """
+import os, signal, sys, time
+groups = [int(line) for line in sys.stdin if line.strip()]
+def alive(g):
+    try:
+        os.killpg(g, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+for sig, grace in ((signal.SIGTERM, 10), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+    live = [g for g in groups if alive(g)]
+    if not live:
+        break
+    for g in live:
+        try:
+            os.killpg(g, sig)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(alive(g) for g in live):
+        time.sleep(0.2)
+"""
 
 
 def _signal_group(p: subprocess.Popen, sig: int) -> None:
