@@ -95,7 +95,11 @@ class EmbeddedPostgres:
         )
 
     def _stop_stale(self, timeout: float = 20) -> None:
-        """A server left running on this data directory by a run that was killed: stop it."""
+        """A server left running on this data directory by a run that was killed: stop it.
+
+        Only an orphan (its starter is gone) is stopped; a server whose starter still runs is
+        someone else's, and starting over it is refused.
+        """
         import psutil
 
         pidfile = self.datadir / "postmaster.pid"
@@ -103,6 +107,11 @@ class EmbeddedPostgres:
             server = psutil.Process(int(pidfile.read_text().split()[0]))
             if "postgres" not in server.name():
                 return  # the pid was reused: the file is stale, postgres replaces it
+            owner = server.ppid()
+            if owner not in (0, 1) and psutil.pid_exists(owner):
+                # started by a process that is still alive (another make run, a test): not ours to stop
+                raise RuntimeError(f"{self.datadir} is in use by a PostgreSQL server (pid {server.pid}) "
+                                   f"that process {owner} started and still runs")
             server.send_signal(signal.SIGINT)
             server.wait(timeout)
         except (FileNotFoundError, ValueError, IndexError, psutil.NoSuchProcess):
