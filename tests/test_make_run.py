@@ -27,7 +27,9 @@ def start(home: Path, ports: dict[str, int], **extra: str) -> tuple[subprocess.P
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PANELFLOW"))}
     env.update(extra)
     env.update(PANELFLOW_HOME=str(home), PANELFLOW_API_PORT=str(ports["api"]), PANELFLOW_PG_PORT=str(ports["pg"]),
-               PANELFLOW_SMTP_PORT=str(ports["smtp"]), PYTHONPATH=str(ROOT / "plugins"))
+               PANELFLOW_SMTP_PORT=str(ports["smtp"]), PYTHONPATH=str(ROOT / "plugins"),
+               # free ports, so the suite can run beside a developer's make run
+               PANELFLOW_WORKER_LOG_PORT=str(free_port()), PANELFLOW_TRIGGER_LOG_PORT=str(free_port()))
     proc = subprocess.Popen([sys.executable, "-m", "panelflow.local"], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     lines: list[str] = []
