@@ -165,42 +165,40 @@ class Supervisor:
                 raise RuntimeError(f"{name} exited with {p.returncode}; see {self.home / 'logs' / (name + '.log')}")
 
     def stop(self) -> None:
-        """SIGTERM every group; SIGTERM again (the scheduler's "signal again if you don't want to
-        wait" for idle LocalExecutor workers); then SIGKILL whatever is left of each group."""
+        """Hand the stop to the watchdog — the same staged stop it does if this process dies —
+        and reap the children meanwhile, so a stopped group leader does not linger as a zombie."""
         self.stopping = True
-        for sig, grace in ((signal.SIGTERM, 10), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-            running = [p for p in self.procs.values() if p.poll() is None]
-            for p in self.procs.values():  # also groups whose leader is gone but whose children are not
-                _signal_group(p, sig)
-            deadline = time.monotonic() + grace
-            for p in running:
-                try:
-                    p.wait(max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    pass
-            if all(p.poll() is not None for p in self.procs.values()) and sig != signal.SIGKILL:
-                for p in self.procs.values():  # leaders gone: sweep any orphan left in their groups
-                    _signal_group(p, signal.SIGKILL)
-                break
-        self.procs.clear()
-        if self.watchdog is not None:  # nothing left for it: it exits at once
-            self.watchdog.stdin.close()
-            self.watchdog.wait(30)
+        if self.watchdog is not None:
+            try:
+                self.watchdog.stdin.close()
+            except OSError:  # the watchdog is already gone
+                pass
+            while self.watchdog.poll() is None:
+                for p in self.procs.values():
+                    p.poll()
+                time.sleep(0.2)
             self.watchdog = None
+        for p in self.procs.values():
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        self.procs.clear()
         if self.pg is not None:
             self.pg.stop()
             self.pg = None
 
 
 # Outlives the supervisor in a session of its own. The supervisor writes each component's
-# process group to its stdin; when that pipe closes — a clean stop, or the supervisor killed
-# outright — it stops whatever is left of those groups in the same stages as Supervisor.stop.
+# process group to its stdin; when that pipe closes — Supervisor.stop, or the supervisor killed
+# outright — it stops those groups in stages: SIGTERM, SIGTERM again (the scheduler's "signal
+# again if you don't want to wait" for its LocalExecutor workers), then SIGKILL what is left.
 _WATCHDOG = """
 import os, signal, sys, time
 groups = [int(line) for line in sys.stdin if line.strip()]
-def alive(g):
+def alive(g, send=os.killpg):
     try:
-        os.killpg(g, 0)
+        send(g, 0)
         return True
     except (ProcessLookupError, PermissionError):
         return False
@@ -215,15 +213,15 @@ for sig, grace in ((signal.SIGTERM, 10), (signal.SIGTERM, 10), (signal.SIGKILL, 
             pass
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and any(alive(g) for g in live):
+        if not any(alive(g, os.kill) for g in live):  # the leaders are gone: sweep what they left
+            for g in live:
+                try:
+                    os.killpg(g, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            break
         time.sleep(0.2)
 """
-
-
-def _signal_group(p: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(p.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def main() -> int:
