@@ -68,6 +68,11 @@ PANEL_TABLES = (
     "email_logs", "sessions", "session_history", "group_action_jobs", "retention_runs", "email_outbox",
     "email_campaigns", "email_campaign_recipients", "email_unsubscribes", "domains",
     "audit_logs", "audit_logs_archive", "o365_admin_audit_logs", "o365_admin_audit_logs_archive",
+    # billing (0006): TRUNCATE … CASCADE below empties the tables referencing these too
+    "currencies", "providers", "resellers", "tax_rates", "customers", "payment_profiles", "subscriptions",
+    "subscription_addons", "invoices", "invoice_lines", "credit_notes", "payment_attempts", "payments",
+    "reseller_commissions", "voice_rates", "ocs_call_records", "sip_usage", "sip_export_tasks", "o365_price_lists",
+    "o365_price_notifications",
 )
 
 
@@ -79,7 +84,7 @@ def panel_db(migrated_panel_db):
     from panelflow.hooks.panel_db import PanelDatabaseHook
 
     with psycopg.connect(migrated_panel_db, autocommit=True) as conn:
-        conn.execute("TRUNCATE " + ", ".join(PANEL_TABLES) + " RESTART IDENTITY")
+        conn.execute("TRUNCATE " + ", ".join(PANEL_TABLES) + " RESTART IDENTITY CASCADE")
     return PanelDatabaseHook()
 
 
@@ -205,3 +210,32 @@ def dnsmasq(tmp_path, monkeypatch):
     for proc in procs:
         proc.terminate()
         proc.wait(5)
+
+
+@pytest.fixture
+def payment_gateway(monkeypatch):
+    """The sandbox card gateway (include/sandbox/payment_gateway.py) on 127.0.0.1, wired as
+    ``payment_gateway``; ``.connection(**changes)`` is that connection's JSON with changes
+    (another timeout, a wrong key) for a hook or a child process."""
+    import importlib.util
+    import json
+
+    from panelflow.devdb import free_port
+
+    spec = importlib.util.spec_from_file_location("panelflow_sandbox_payment_gateway",
+                                                  ROOT / "include" / "sandbox" / "payment_gateway.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    gateway = module.PaymentGatewaySandbox(port=free_port(), api_key="sk_test_panelflow_tests",
+                                           timeout_hold=3.0, hold_max=30.0).start()
+
+    def connection(**changes) -> str:
+        conn = {"conn_type": "panelflow_payment_gateway", "host": "127.0.0.1", "port": gateway.port,
+                "schema": "http", "password": gateway.api_key, "extra": {"timeout": 1}}
+        extra = changes.pop("extra", {})
+        return json.dumps({**conn, **changes, "extra": {**conn["extra"], **extra}})
+
+    gateway.connection = connection
+    monkeypatch.setenv("AIRFLOW_CONN_PAYMENT_GATEWAY", connection())
+    yield gateway
+    gateway.stop()

@@ -93,6 +93,7 @@ def build_dag(catalog: Catalog, thread: Thread) -> DAG:
             task_display_name=step.seed,
             doc_md=f"**Step {step.number}** of {thread.name}: {step.seed}\n\nRuns `{step.run}`.",
             run=step.run,
+            timezone=getattr(thread.schedule, "timezone", None) or settings.timezone,
             pool=catalog.pool(thread, step),
             dag=dag,
         )

@@ -64,14 +64,23 @@ def message_id(dedupe_key: str) -> str:
 
 
 def enqueue(conn, *, dedupe_key: str, to: str, template: str, context: dict[str, Any], not_before: datetime,
-            priority: int = 5, from_address: str | None = None, headers: dict[str, str] | None = None) -> bool:
-    """Queue one message for one event; False when that event's message is already queued."""
+            priority: int = 5, from_address: str | None = None, headers: dict[str, str] | None = None,
+            attachments: list[tuple[str, str, bytes]] | None = None) -> bool:
+    """Queue one message for one event; False when that event's message is already queued.
+
+    ``attachments`` are ``(filename, content type, bytes)``, stored with the message (call
+    inside a transaction so the message is never visible without them).
+    """
     subject, text, html = render(template, context)
     row = conn.execute(
         INSERT_MESSAGE + " RETURNING id",
         (dedupe_key, template, to, from_address, subject, text, html, Jsonb(headers or {}), priority, not_before,
          message_id(dedupe_key), None),
     ).fetchone()
+    if row is not None and attachments:
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO email_outbox_attachments (outbox_id, filename, content_type, content)"
+                            " VALUES (%s, %s, %s, %s)", [(row[0], *a) for a in attachments])
     return row is not None
 
 
@@ -83,7 +92,7 @@ INSERT_MESSAGE = (
 )
 
 
-def _build(row: dict, default_from: str) -> EmailMessage:
+def _build(row: dict, default_from: str, attachments=()) -> EmailMessage:
     msg = EmailMessage()
     msg["From"] = row["from_address"] or default_from
     msg["To"] = row["to_address"]
@@ -95,6 +104,9 @@ def _build(row: dict, default_from: str) -> EmailMessage:
     msg.set_content(row["body_text"])
     if row["body_html"]:
         msg.add_alternative(row["body_html"], subtype="html")
+    for filename, content_type, content in attachments:
+        maintype, _, subtype = content_type.partition("/")
+        msg.add_attachment(bytes(content), maintype=maintype, subtype=subtype, filename=filename)
     return msg
 
 
@@ -236,10 +248,15 @@ def send_due(conn, *, as_of: datetime, claimer: str, smtp_conn_id: str = "smtp_d
                                              "batch": min(batch, max_messages - sum(counts.values()))}).fetchall()
             if not rows:
                 break
+            files: dict[int, list] = {}
+            for outbox_id, *attachment in conn.execute(
+                    "SELECT outbox_id, filename, content_type, content FROM email_outbox_attachments"
+                    " WHERE outbox_id = ANY(%s) ORDER BY outbox_id, filename", ([r[0] for r in rows],)):
+                files.setdefault(outbox_id, []).append(attachment)
             for values in rows:
                 row = dict(zip(("id", "to_address", "from_address", "subject", "body_text", "body_html", "headers",
                                 "message_id", "attempts"), values))
-                msg = _build(row, session.sender())  # before 'sending': a bad row fails while still 'claimed'
+                msg = _build(row, session.sender(), files.get(row["id"], ()))  # before 'sending': a bad row fails while still 'claimed'
                 # one statement, one commit: the previous message(s) sent, this one sending
                 conn.execute(_MARK_SENDING, ([r["id"] for r in unrecorded], row["id"]))
                 unrecorded.clear()

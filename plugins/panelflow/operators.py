@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from datetime import date, timedelta
 from typing import Any, NamedTuple
+from zoneinfo import ZoneInfo
 
 from airflow.sdk import BaseOperator
 
@@ -20,13 +22,29 @@ from panelflow.steps import STEP_INPUTS
 
 
 class Interval(NamedTuple):
-    """The span a run covers. ``end`` is the step's clock: ages and due dates are measured from it."""
+    """The span a run covers. ``end`` is the step's clock: ages and due dates are measured from it.
+
+    ``tz`` is the thread's time zone (the catalog's), in which a run's calendar days are counted.
+    """
 
     start: Any
     end: Any
+    tz: str = "UTC"
+
+    def days(self) -> tuple[date, date]:
+        """The calendar days the run covers, ``[first, end)`` in the thread's time zone.
+
+        BillingWork's 01:30 run covers 01:30 the day before → 01:30 today: the day before.
+        A zero-length interval (a run with no data interval) covers the day before its clock.
+        """
+        zone = ZoneInfo(self.tz)
+        first, end = self.start.astimezone(zone).date(), self.end.astimezone(zone).date()
+        if end <= first:
+            first = end - timedelta(days=1)
+        return first, end
 
 
-def run_interval(context) -> Interval:
+def run_interval(context, tz: str = "UTC") -> Interval:
     """The run's data interval; a manual run without one is anchored at its ``run_after``.
 
     ``run_after`` is fixed when the run is created, so a retried or cleared task still sees the
@@ -36,7 +54,7 @@ def run_interval(context) -> Interval:
     if end is None:
         end = context["dag_run"].run_after
         start = start or end
-    return Interval(start, end)
+    return Interval(start, end, tz)
 
 
 def resolve(path: str):
@@ -45,7 +63,7 @@ def resolve(path: str):
 
 
 _PROVIDERS = {
-    "interval": lambda op, ctx: run_interval(ctx),
+    "interval": lambda op, ctx: run_interval(ctx, op.timezone),
     "panel_db": lambda op, ctx: _panel_db(),
     "params": lambda op, ctx: dict(ctx.get("params") or {}),
     "log": lambda op, ctx: op.log,
@@ -65,9 +83,10 @@ class StepOperator(BaseOperator):
     template_fields = ()
     ui_color = "#e8f1fb"
 
-    def __init__(self, *, run: str, **kwargs):
+    def __init__(self, *, run: str, timezone: str = "UTC", **kwargs):
         super().__init__(**kwargs)
         self.run = run
+        self.timezone = timezone
 
     def execute(self, context) -> dict[str, Any]:
         func = resolve(self.run)
