@@ -73,7 +73,7 @@ def test_dag_attributes_follow_the_catalog(dagbag, catalog):
 
 
 def test_built_steps_and_their_dags(dagbag):
-    """Built so far: ProvisioningWork's retention deletes, SessionsMgtWork, mail, DomainVerification."""
+    """Built so far: ProvisioningWork's retention deletes, SessionsMgtWork, mail, DomainVerification, BillingWork."""
     assert set(dagbag.dags["provisioning_work"].task_ids) == {
         "delete_old_service_queue_logs", "delete_old_voice_bill_records", "delete_old_temp_data",
         "delete_old_azure_rates", "delete_old_o365_reconciliation_records", "delete_old_email_logs",
@@ -83,9 +83,15 @@ def test_built_steps_and_their_dags(dagbag):
     assert set(dagbag.dags["send_email_notifications_work"].task_ids) == {"send_due_notifications"}
     assert set(dagbag.dags["send_email_campaign_work"].task_ids) == {"send_campaign_emails"}
     assert set(dagbag.dags["domain_verification"].task_ids) == {"verify_domains_by_txt_record"}
+    billing = dagbag.dags["billing_work"]
+    assert set(billing.task_ids) == {"reseller_commissions", "billing_process", "ocs_call_record_bills",
+                                     "sip_billing_and_exports", "o365_price_update_notifications"}
+    assert billing.get_task("reseller_commissions").upstream_task_ids == {"billing_process"}
+    assert billing.get_task("billing_process").pool == "billing"
+    assert billing.get_task("sip_billing_and_exports").pool == "voice_billing"
     built = {d for d, dag in dagbag.dags.items() if dag.tasks}
     assert built == {"provisioning_work", "sessions_mgt_work", "send_email_notifications_work",
-                     "send_email_campaign_work", "domain_verification"}
+                     "send_email_campaign_work", "domain_verification", "billing_work"}
 
 
 def test_threads_with_nothing_built_start_paused(dagbag):

@@ -79,31 +79,31 @@ BILLING_DEMO = [
        VALUES (1, 'GB', 'VAT', 0.20), (1, 'DE', 'MwSt', 0.19), (1, 'FR', 'TVA', 0.20), (1, 'IE', 'VAT', 0.23)""",
     """INSERT INTO resellers (id, provider_id, name, email, commission_based, commission_rate) OVERRIDING SYSTEM VALUE
        SELECT r, 1, 'Reseller ' || r, 'billing@reseller' || r || '.example', r %% 2 = 1, (10 + r %% 3 * 5) / 100.0
-       FROM generate_series(1, %(resellers)s) r""",
+       FROM generate_series(1, %(resellers)s::int) r""",
     # reseller 2 charges its own UK rate; the others get the provider's copied by the billing run
     """INSERT INTO tax_rates (reseller_id, country, name, rate) VALUES (2, 'GB', 'VAT (reseller rate)', 0.175)""",
     """INSERT INTO customers (id, provider_id, reseller_id, name, email, country, currency) OVERRIDING SYSTEM VALUE
-       SELECT g, 1, CASE WHEN g %% 3 = 0 THEN NULL ELSE 1 + g %% %(resellers)s END, 'Customer ' || g,
+       SELECT g, 1, CASE WHEN g %% 3 = 0 THEN NULL ELSE 1 + g %% %(resellers)s::int END, 'Customer ' || g,
               CASE WHEN g %% 89 = 5 THEN NULL ELSE 'customer' || g || '@demo.example' END,
               (ARRAY['GB', 'GB', 'DE', 'FR', 'IE'])[1 + g %% 5],
               CASE WHEN g %% 5 < 2 THEN 'GBP' ELSE 'EUR' END
-       FROM generate_series(1, %(n)s) g""",
+       FROM generate_series(1, %(n)s::int) g""",
     """INSERT INTO payment_profiles (customer_id, gateway_token, card_brand, card_last4)
        SELECT g, CASE WHEN g %% 41 = 7 THEN 'tok_decline_demo_' ELSE 'tok_demo_' END || g,
               (ARRAY['visa', 'mastercard', 'amex'])[1 + g %% 3], lpad((g * 7919 %% 10000)::text, 4, '0')
-       FROM generate_series(1, %(n)s) g WHERE g %% 53 <> 11""",
+       FROM generate_series(1, %(n)s::int) g WHERE g %% 53 <> 11""",
     """INSERT INTO subscriptions (id, customer_id, plan, price, currency, quantity, billing_cycle, next_bill_date,
                                  deferred_billing, o365_offer_id, started_on) OVERRIDING SYSTEM VALUE
        SELECT g, c, p.plan,
               CASE WHEN g %% 997 = 500 THEN NULL ELSE p.price * (CASE cyc WHEN 'monthly' THEN 1 WHEN 'quarterly' THEN 3 ELSE 12 END) END,
               CASE WHEN g %% 1009 = 600 THEN 'XXX' ELSE (CASE WHEN c %% 5 < 2 THEN 'GBP' ELSE 'EUR' END) END,
               p.qty, cyc, nbd, g %% 20 = 3, p.offer, (nbd - make_interval(months => m * (1 + g %% 4)))::date
-       FROM (SELECT g, 1 + (g - 1) / %(per)s AS c,
+       FROM (SELECT g, 1 + (g - 1) / %(per)s::int AS c,
                     (ARRAY['monthly', 'monthly', 'monthly', 'monthly', 'monthly', 'monthly', 'monthly',
                            'quarterly', 'quarterly', 'yearly'])[1 + g %% 10] AS cyc,
                     CASE WHEN %(due_day)s::date IS NOT NULL THEN %(due_day)s::date
                          ELSE (%(today)s::date - 1 + (g * 7 %% 31)) END AS nbd
-             FROM generate_series(1, %(n)s * %(per)s) g) s
+             FROM generate_series(1, %(n)s::int * %(per)s::int) g) s
        CROSS JOIN LATERAL (SELECT CASE s.cyc WHEN 'monthly' THEN 1 WHEN 'quarterly' THEN 3 ELSE 12 END AS m) mm
        CROSS JOIN LATERAL (SELECT (ARRAY['Web Hosting Basic', 'Exchange Mailbox', 'Microsoft 365 Business Standard',
                                          'Lync Voice', 'SIP Trunk', 'Hyper-V VPS'])[1 + g %% 6] AS plan,
@@ -112,7 +112,7 @@ BILLING_DEMO = [
                                   CASE WHEN g %% 6 = 2 THEN 'CFQ7TTC0LDPB' END AS offer) p""",
     """INSERT INTO subscription_addons (subscription_id, name, price, quantity)
        SELECT g, (ARRAY['Extra 10 GB storage', 'Archiving', 'Dedicated IP'])[1 + g %% 3], 1.50 + g %% 3, 1 + g %% 2
-       FROM generate_series(4, %(n)s * %(per)s, 4) g""",
+       FROM generate_series(4, %(n)s::int * %(per)s::int, 4) g""",
     """INSERT INTO voice_rates (rate_table, prefix, description, currency, per_minute, connection_fee)
        SELECT t, prefix, d, cur, rate * CASE WHEN cur = 'EUR' THEN 1.17 ELSE 1 END, fee
        FROM (VALUES ('44', 'United Kingdom', 0.020, 0.05), ('447', 'United Kingdom mobile', 0.080, 0.05),
@@ -137,7 +137,10 @@ BILLING_DEMO = [
 _IDENTITIES = ("providers", "resellers", "customers", "subscriptions")
 
 
-def load_billing_demo(conn, customers: int, today, due_day=None, per_customer: int = 5) -> None:
+_USAGE = ("INSERT INTO ocs_call_records", "INSERT INTO sip_usage")
+
+
+def load_billing_demo(conn, customers: int, today, due_day=None, per_customer: int = 5, usage: bool = True) -> None:
     """The billing provider, once (skipped when a provider exists). ``due_day`` puts every
     subscription's next bill on that day (the benchmark); otherwise they spread over the month
     from yesterday on, so each nightly run has a thirty-first of them to bill."""
@@ -153,7 +156,8 @@ def load_billing_demo(conn, customers: int, today, due_day=None, per_customer: i
               "next_month": (today.replace(day=1) + timedelta(days=32)).replace(day=1)}
     with conn.transaction():
         for statement in BILLING_DEMO:
-            conn.execute(statement, params)
+            if usage or not statement.lstrip().startswith(_USAGE):
+                conn.execute(statement, params)
         for table in _IDENTITIES:  # explicit ids above: move the identities past them
             conn.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))")
 

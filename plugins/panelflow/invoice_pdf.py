@@ -15,10 +15,13 @@ def _latin1(text) -> str:
 
 
 def invoice_pdf(invoice: dict, provider: dict) -> bytes:
+    from datetime import datetime, time, timezone
+
     from fpdf import FPDF
 
     pdf = FPDF(format="A4")
-    pdf.set_creation_date(None)  # deterministic bytes: the same invoice renders the same file
+    # dated by the invoice, not the clock: the same invoice renders the same bytes
+    pdf.set_creation_date(datetime.combine(invoice["billing_date"], time(), tzinfo=timezone.utc))
     pdf.set_title(f"Invoice {invoice['number']}")
     pdf.add_page()
     pdf.set_font("Helvetica", "B", 16)

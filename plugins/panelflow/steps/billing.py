@@ -26,6 +26,7 @@ DEFERRED_CREDIT_REASON = "deferred_billing_30_days"
 DEFERRED_CREDIT_DAYS = 30
 EMAIL_BATCH = 500
 MAX_EMAILS_PER_RUN = 500_000  # bounded; a bigger day continues on the task's retry
+MAX_CHARGES_PER_RUN = 50_000  # gateway calls in one attempt (~minutes); the retry charges the rest
 
 
 # --- 1. tax rates -------------------------------------------------------------------------------
@@ -181,6 +182,8 @@ def invoice_due_subscriptions(conn, first: date, end: date, report: StepReport) 
     """
     days = {"first": first, "end": end}
     with conn.transaction():
+        # the day's lines are sorted and grouped in memory, not spilled to disk (this transaction only)
+        conn.execute("SET LOCAL work_mem = '256MB'")
         for sub, customer, reason in conn.execute(UNBILLABLE_DUE_SUBSCRIPTIONS, days).fetchall():
             report.skip(reason, f"subscription {sub} (customer {customer})")
         invoices, lines, credits, advanced, due = conn.execute(INVOICE_DUE_SUBSCRIPTIONS, days).fetchone()
@@ -267,15 +270,19 @@ def billing_process(panel_db, interval, log) -> dict:
         conn.autocommit = True  # each part commits on its own (explicit transactions inside)
         report.add("reseller_tax_rates_added", add_missing_reseller_tax_rates(conn))
         invoice_due_subscriptions(conn, first, end, report)
-        charge_due_invoices(conn, PaymentGatewayHook(), first_day=first, end_day=end, clock=interval.end,
-                            report=report)
+        with PaymentGatewayHook() as gateway:
+            charge_due_invoices(conn, gateway, first_day=first, end_day=end, clock=interval.end, report=report,
+                                max_invoices=MAX_CHARGES_PER_RUN)
         email_invoices(conn, first, end, interval.end, report, _provider(conn))
     summary = {"days": f"{first}..{end}", **report.as_dict()}
-    if report.counts.get("unresolved"):
-        # A charge whose outcome the gateway never told us: fail so Airflow retries; the retry
-        # resends the same idempotency key and learns the outcome without charging twice.
+    if report.counts.get("unresolved") or report.counts.get("max_invoices_reached"):
+        # A charge whose outcome the gateway never told us, or a day with more invoices than one
+        # attempt may charge: fail so Airflow retries. The retry resends the same idempotency
+        # keys (learning outcomes without charging twice) and charges what is left.
         log.error("billing summary: %s", summary)
-        raise RuntimeError(f"{report.counts['unresolved']} payment(s) with an unknown outcome; retry resends them")
+        raise RuntimeError(f"{report.counts.get('unresolved', 0)} payment(s) with an unknown outcome"
+                           f"{', more invoices to charge' if report.counts.get('max_invoices_reached') else ''};"
+                           " the retry resends and continues")
     return summary
 
 
