@@ -13,7 +13,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import psutil
 
@@ -27,7 +29,8 @@ def start(home: Path, ports: dict[str, int], **extra: str) -> tuple[subprocess.P
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PANELFLOW"))}
     env.update(extra)
     env.update(PANELFLOW_HOME=str(home), PANELFLOW_API_PORT=str(ports["api"]), PANELFLOW_PG_PORT=str(ports["pg"]),
-               PANELFLOW_SMTP_PORT=str(ports["smtp"]), PYTHONPATH=str(ROOT / "plugins"),
+               PANELFLOW_SMTP_PORT=str(ports["smtp"]), PANELFLOW_GATEWAY_PORT=str(ports.setdefault("gateway", free_port())),
+               PYTHONPATH=str(ROOT / "plugins"),
                # free ports, so the suite can run beside a developer's make run
                PANELFLOW_WORKER_LOG_PORT=str(free_port()), PANELFLOW_TRIGGER_LOG_PORT=str(free_port()))
     proc = subprocess.Popen([sys.executable, "-m", "panelflow.local"], cwd=ROOT, env=env, text=True,
@@ -116,8 +119,12 @@ def test_make_run_end_to_end(tmp_path):
                 break
             time.sleep(2)
         assert state == "success"
-        delivered = list((home / "mail" / "new").iterdir())
-        assert len(delivered) == 20  # every demo notice exactly once, whichever run sent it
+        import email
+
+        delivered = [email.message_from_bytes(p.read_bytes())["Subject"] for p in (home / "mail" / "new").iterdir()]
+        notices = [s for s in delivered if s.startswith("Your service is ready")]
+        # every demo notice exactly once, whichever run sent it (BillingWork's scheduled run mails too)
+        assert len(notices) == len(set(notices)) == 20
 
         # the README's backfill, through the airflow CLI with .panelflow/env.sh
         subprocess.run(
@@ -134,6 +141,8 @@ def test_make_run_end_to_end(tmp_path):
                 break
             time.sleep(2)
         assert states == dict.fromkeys(wanted, "success")
+
+        billing_work_from_the_api_and_a_backfilled_gap(api, home, ports)
     finally:
         stop(proc)
 
@@ -156,6 +165,100 @@ def test_make_run_end_to_end(tmp_path):
     proc.wait(10)
     gone, alive = psutil.wait_procs(family, timeout=60)
     assert alive == []
+
+
+def wait_for_run(api: Api, dag_id: str, run_id: str, timeout: float = 240) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = api.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")["state"]
+        if state in ("success", "failed"):
+            return state
+        time.sleep(2)
+    return "timed out"
+
+
+def airflow_cli(home: Path, args: str) -> str:
+    return subprocess.run(["bash", "-c", f". {home}/env.sh && {sys.executable} -m airflow {args}"], check=True,
+                          capture_output=True, text=True, cwd=ROOT,
+                          env={k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}).stdout
+
+
+def wait_for_backfills(api: Api, count: int, timeout: float = 420) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        backfills = api.call("GET", "/api/v2/backfills?dag_id=billing_work&limit=50")["backfills"]
+        if len(backfills) == count and all(b["completed_at"] for b in backfills):
+            return
+        time.sleep(3)
+    raise AssertionError(f"backfills not completed: {backfills}")
+
+
+def billing_work_from_the_api_and_a_backfilled_gap(api: Api, home: Path, ports: dict[str, int]) -> None:
+    """BillingWork green on the demo data when run from the API (the UI's trigger), then a
+    7-day gap backfilled from the CLI billed once per day, and backfilled again with
+    ``--reprocess-behavior completed`` changing nothing."""
+    import psycopg
+
+    panel = next(line.split("=", 1)[1] for line in (home / "env.sh").read_text().splitlines()
+                 if line.startswith("export AIRFLOW_CONN_PANEL_DB="))
+
+    def gateway_charges() -> list[dict]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports['gateway']}/_sandbox/charges", timeout=10) as r:
+            body = json.load(r)
+        return body["data"]
+
+    # "run now": bills yesterday (London) on the demo provider
+    run = api.call("POST", "/api/v2/dags/billing_work/dagRuns", {"logical_date": None})
+    assert wait_for_run(api, "billing_work", run["dag_run_id"]) == "success"
+    tis = api.call("GET", f"/api/v2/dags/billing_work/dagRuns/{run['dag_run_id']}/taskInstances")["task_instances"]
+    assert {t["task_id"]: t["state"] for t in tis} == dict.fromkeys(
+        ["billing_process", "reseller_commissions", "ocs_call_record_bills", "sip_billing_and_exports",
+         "o365_price_update_notifications"], "success")
+    summary = api.call("GET", f"/api/v2/dags/billing_work/dagRuns/{run['dag_run_id']}/taskInstances/billing_process"
+                              "/xcomEntries/return_value")["value"]
+    with psycopg.connect(panel) as conn:
+        invoices = conn.execute("SELECT count(*) FROM invoices WHERE kind = 'recurring'").fetchone()[0]
+        paid = conn.execute("SELECT count(*) FROM invoices WHERE status = 'paid'").fetchone()[0]
+    assert invoices > 0 and paid > 0 and "invoices" in str(summary)
+    charged = [c["metadata"]["invoice_number"] for c in gateway_charges()]
+    assert len(charged) == len(set(charged)) >= paid  # one charge per invoice (the scheduled run may be charging too)
+
+    # a 7-day gap (ten to four days ago): subscriptions due on each of those days
+    today = datetime.now(ZoneInfo("Europe/London")).date()
+    gap = [today - timedelta(days=d) for d in range(10, 3, -1)]
+    with psycopg.connect(panel) as conn:
+        conn.execute("""INSERT INTO subscriptions (customer_id, plan, price, currency, billing_cycle, next_bill_date,
+                                                   started_on)
+                        SELECT c.id, 'Backfill plan', 5.00, c.currency, 'monthly', d, d
+                        FROM customers c CROSS JOIN unnest(%s::date[]) d WHERE c.id <= 20""", (gap,))
+    first, last = (f"{d.isoformat()}T01:30:00+00:00" for d in (gap[0], gap[-1]))  # GMT: London = UTC
+    if datetime(gap[0].year, gap[0].month, gap[0].day, tzinfo=ZoneInfo("Europe/London")).utcoffset():
+        first, last = (f"{d.isoformat()}T00:30:00+00:00" for d in (gap[0], gap[-1]))  # summer time
+    airflow_cli(home, f"backfill create --dag-id billing_work --from-date {first} --to-date {last} --max-active-runs 3")
+    wait_for_backfills(api, 1)
+    runs = [r for r in api.call("GET", "/api/v2/dags/billing_work/dagRuns?limit=100")["dag_runs"]
+            if r["run_type"] == "backfill"]
+    assert len(runs) == 7 and {r["state"] for r in runs} == {"success"}
+
+    def billed() -> dict:
+        with psycopg.connect(panel) as conn:
+            per_day = dict(conn.execute(
+                "SELECT billing_date, count(*) FROM invoices WHERE billing_date = ANY(%s) GROUP BY 1", (gap,)))
+            lines = conn.execute("SELECT count(*) FROM invoice_lines l JOIN subscriptions s ON s.id = l.subscription_id"
+                                 " WHERE s.plan = 'Backfill plan'").fetchone()[0]
+            everything = conn.execute("SELECT (SELECT count(*) FROM invoices), (SELECT count(*) FROM invoice_lines),"
+                                      " (SELECT count(*) FROM payments), (SELECT count(*) FROM email_outbox)").fetchone()
+        return {"per_day": per_day, "lines": lines, "everything": everything, "charges": len(gateway_charges())}
+
+    after_backfill = billed()
+    assert after_backfill["per_day"] == dict.fromkeys(gap, 20)  # each missed day billed, once per customer
+    assert after_backfill["lines"] == 7 * 20
+
+    # the same range again, reprocessing completed runs: the days are billed already, nothing changes
+    airflow_cli(home, f"backfill create --dag-id billing_work --from-date {first} --to-date {last} "
+                      "--max-active-runs 3 --reprocess-behavior completed")
+    wait_for_backfills(api, 2)
+    assert billed() == after_backfill
 
 
 def test_make_run_on_a_server_named_by_the_environment(tmp_path):

@@ -102,7 +102,7 @@ BILLING_DEMO = [
                     (ARRAY['monthly', 'monthly', 'monthly', 'monthly', 'monthly', 'monthly', 'monthly',
                            'quarterly', 'quarterly', 'yearly'])[1 + g %% 10] AS cyc,
                     CASE WHEN %(due_day)s::date IS NOT NULL THEN %(due_day)s::date
-                         ELSE (%(today)s::date - 1 + (g * 7 %% 31)) END AS nbd
+                         ELSE (%(today)s::date - 2 + (g * 7 %% 31)) END AS nbd
              FROM generate_series(1, %(n)s::int * %(per)s::int) g) s
        CROSS JOIN LATERAL (SELECT CASE s.cyc WHEN 'monthly' THEN 1 WHEN 'quarterly' THEN 3 ELSE 12 END AS m) mm
        CROSS JOIN LATERAL (SELECT (ARRAY['Web Hosting Basic', 'Exchange Mailbox', 'Microsoft 365 Business Standard',
@@ -122,11 +122,11 @@ BILLING_DEMO = [
     """INSERT INTO ocs_call_records (subscription_id, caller, destination, started_at, duration_seconds)
        SELECT s.id, 'sip:user' || (k %% 3) || '.' || s.customer_id || '@demo.example',
               (ARRAY['442079460000', '447700900123', '4930123456', '33142685300', '12125550100'])[1 + k %% 5],
-              %(yesterday)s::timestamptz + make_interval(mins => (s.id * 13 + k * 37) %% 1440), 20 + (s.id * k) %% 900
+              %(yesterday)s::timestamptz + make_interval(mins => ((s.id * 13 + k * 37) %% 1440)::int), 20 + (s.id * k) %% 900
        FROM subscriptions s CROSS JOIN generate_series(1, 6) k WHERE s.plan = 'Lync Voice'""",
     """INSERT INTO sip_usage (subscription_id, sip_account, destination, started_at, duration_seconds)
        SELECT s.id, 'trunk' || s.id, (ARRAY['442079460000', '4930123456', '12125550100', '8613800000000'])[1 + k %% 4],
-              %(yesterday)s::timestamptz + make_interval(mins => (s.id * 11 + k * 53) %% 1440), 30 + (s.id * k) %% 1200
+              %(yesterday)s::timestamptz + make_interval(mins => ((s.id * 11 + k * 53) %% 1440)::int), 30 + (s.id * k) %% 1200
        FROM subscriptions s CROSS JOIN generate_series(1, 8) k WHERE s.plan = 'SIP Trunk'""",
     """INSERT INTO o365_price_lists (offer_id, offer_name, currency, unit_price, effective_from, published_on)
        VALUES ('CFQ7TTC0LDPB', 'Microsoft 365 Business Standard', 'GBP', 9.40, '2025-04-01', '2025-03-01'),
@@ -143,7 +143,8 @@ _USAGE = ("INSERT INTO ocs_call_records", "INSERT INTO sip_usage")
 def load_billing_demo(conn, customers: int, today, due_day=None, per_customer: int = 5, usage: bool = True) -> None:
     """The billing provider, once (skipped when a provider exists). ``due_day`` puts every
     subscription's next bill on that day (the benchmark); otherwise they spread over the month
-    from yesterday on, so each nightly run has a thirty-first of them to bill."""
+    from the day before yesterday on, so each nightly run (and a "run now", which bills
+    yesterday) has a thirty-first of them to bill."""
     from datetime import datetime as dt, time, timedelta
     from zoneinfo import ZoneInfo
 

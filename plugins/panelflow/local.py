@@ -3,12 +3,13 @@
 Starts (or reuses) an embedded PostgreSQL holding the Airflow metadata DB and the panel DB,
 migrates both, loads the demo data once, syncs pools from the catalog, then runs the Airflow 3
 components — scheduler, dag-processor, triggerer, API server (LocalExecutor) — plus a local SMTP
-sink that keeps alert e-mails as files. Each child runs in its own process group; Ctrl-C or
+sink that keeps alert e-mails as files and the card-payment gateway sandbox (BillingWork charges
+through it). Each child runs in its own process group; Ctrl-C or
 SIGTERM stops every group (children of children included) and then PostgreSQL, so nothing is
 left behind. A second run reuses ``.panelflow/``.
 
 Environment: PANELFLOW_HOME (state, default ./.panelflow), PANELFLOW_API_PORT (8080),
-PANELFLOW_PG_PORT (54329), PANELFLOW_SMTP_PORT (8025), PANELFLOW_DATABASE_URL (use this
+PANELFLOW_PG_PORT (54329), PANELFLOW_SMTP_PORT (8025), PANELFLOW_GATEWAY_PORT (8765), PANELFLOW_DATABASE_URL (use this
 PostgreSQL server instead of the embedded one: postgresql://user:password@host:port).
 """
 
@@ -42,6 +43,7 @@ class Supervisor:
         self.api_port = int(os.environ.get("PANELFLOW_API_PORT", "8080"))
         self.pg_port = int(os.environ.get("PANELFLOW_PG_PORT", "54329"))
         self.smtp_port = int(os.environ.get("PANELFLOW_SMTP_PORT", "8025"))
+        self.gateway_port = int(os.environ.get("PANELFLOW_GATEWAY_PORT", "8765"))
         self.airflow_home = self.home / "airflow"
         self.procs: dict[str, subprocess.Popen] = {}
         self.pg = None
@@ -51,12 +53,12 @@ class Supervisor:
     # -- set-up ---------------------------------------------------------------------------
     def _secrets(self) -> dict[str, str]:
         path = self.home / "secrets.json"
-        if path.exists():
-            return json.loads(path.read_text())
-        values = {"admin_password": secrets.token_urlsafe(12), "jwt_secret": secrets.token_urlsafe(32),
-                  "api_secret_key": secrets.token_urlsafe(32)}
-        path.write_text(json.dumps(values))
-        path.chmod(0o600)
+        values = json.loads(path.read_text()) if path.exists() else {}
+        wanted = {"admin_password": 12, "jwt_secret": 32, "api_secret_key": 32, "gateway_api_key": 24}
+        if wanted.keys() - values.keys():  # a first start, or a set-up from before a secret existed
+            values.update({k: secrets.token_urlsafe(n) for k, n in wanted.items() if k not in values})
+            path.write_text(json.dumps(values))
+            path.chmod(0o600)
         return values
 
     def _database_server(self) -> str:
@@ -82,13 +84,20 @@ class Supervisor:
                 "conn_type": "smtp", "host": "127.0.0.1", "port": self.smtp_port,
                 "extra": {"disable_ssl": True, "disable_tls": True, "from_email": "panelflow@localhost"},
             }),
+            PANELFLOW_SANDBOX_GATEWAY_KEY=sec["gateway_api_key"],
+            # the card gateway sandbox (include/sandbox/payment_gateway.py), with this set-up's own key
+            AIRFLOW_CONN_PAYMENT_GATEWAY=json.dumps({
+                "conn_type": "panelflow_payment_gateway", "host": "127.0.0.1", "port": self.gateway_port,
+                "schema": "http", "password": sec["gateway_api_key"], "extra": {"timeout": 10},
+            }),
         )
         return env
 
     def _write_cli_env(self, env: dict[str, str]) -> None:
         """``.panelflow/env.sh``: what the airflow CLI needs to reach this set-up (``make airflow``)."""
         keys = ("AIRFLOW_HOME", "PYTHONPATH", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__API_AUTH__JWT_SECRET",
-                "AIRFLOW__API__SECRET_KEY", "AIRFLOW_CONN_PANEL_DB", "AIRFLOW_CONN_SMTP_DEFAULT")
+                "AIRFLOW__API__SECRET_KEY", "AIRFLOW_CONN_PANEL_DB", "AIRFLOW_CONN_SMTP_DEFAULT",
+                "AIRFLOW_CONN_PAYMENT_GATEWAY")
         path = self.home / "env.sh"
         path.write_text("".join(f"export {k}={shlex.quote(env[k])}\n" for k in keys))
         path.chmod(0o600)
@@ -135,6 +144,8 @@ class Supervisor:
         # aiosmtpd's Mailbox handler makes the Maildir (new/, cur/, tmp/) itself if the folder is absent
         commands["smtp-sink"] = [sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{self.smtp_port}",
                                  "-c", "aiosmtpd.handlers.Mailbox", str(self.home / "mail")]
+        commands["payment-gateway"] = [sys.executable, str(ROOT / "include" / "sandbox" / "payment_gateway.py"),
+                                       "--host", "127.0.0.1", "--port", str(self.gateway_port)]
         for name, cmd in commands.items():
             out = open(logs / f"{name}.log", "ab")
             self.procs[name] = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
