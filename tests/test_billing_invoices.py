@@ -177,3 +177,28 @@ def test_reruns_and_overlapping_runs_write_nothing_twice(provider, sql):
     # a backfill-style run of the previous day: nothing was due then
     assert run(provider, date(2026, 11, 20)).counts["invoices"] == 0
     assert sql("SELECT count(*) FROM invoices") == [(20,)]
+
+
+def test_commission_on_paid_invoices_hand_checked(provider, sql):
+    from panelflow.steps.billing import reseller_commissions
+
+    paid = customer(sql, "Pays", reseller=1)  # reseller 1: commission-based, 10 %
+    subscription(sql, paid, "100.00", cycle="quarterly", deferred=True)  # 92-day quarter: 32.61 credit
+    unpaid = customer(sql, "Does not pay", reseller=1)
+    subscription(sql, unpaid, "50.00")
+    plain = customer(sql, "Plain reseller's", reseller=2)  # reseller 2: no commission
+    subscription(sql, plain, "80.00")
+    run(provider)
+    sql("UPDATE invoices SET status = 'paid' WHERE customer_id IN (%s, %s)", (paid, plain))
+
+    summary = reseller_commissions(panel_db=provider, interval=billing_run(DAY))
+
+    # net of the credit, before tax: (100.00 − 32.61) × 10 % = 6.739 → 6.74
+    assert sql("SELECT reseller_id, base_amount, rate, amount, period_date FROM reseller_commissions") == [
+        (1, D("67.39"), D("0.1000"), D("6.74"), DAY)]
+    assert summary["commissions_added"] == 1 and summary["commission_for_day"] == "6.74"
+    # paid later: earns its commission in the run that sees it paid, once
+    sql("UPDATE invoices SET status = 'paid' WHERE customer_id = %s", (unpaid,))
+    assert reseller_commissions(panel_db=provider, interval=billing_run(DAY))["commissions_added"] == 1
+    assert reseller_commissions(panel_db=provider, interval=billing_run(date(2026, 11, 25)))["commissions_added"] == 0
+    assert sql("SELECT count(*), sum(amount) FROM reseller_commissions") == [(2, D("11.74"))]
