@@ -52,6 +52,7 @@ pools: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) bench/parse.py
 	$(PY) bench/mail.py
+	$(PY) bench/billing.py
 
 ## re-resolve requirements.in into the exact lock requirements.txt
 lock: $(VENV)/.installed
