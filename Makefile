@@ -19,8 +19,8 @@ run: $(VENV)/.installed
 	$(PY) -m panelflow.local
 
 ## servers the tests start on 127.0.0.1 that no wheel brings (PostgreSQL and SMTP come from the lock)
-SYSTEM_BINARIES := dnsmasq
-SYSTEM_PACKAGES := dnsmasq-base
+SYSTEM_BINARIES := dnsmasq dovecot
+SYSTEM_PACKAGES := dnsmasq-base dovecot-pop3d
 system-deps:
 	@missing=""; for b in $(SYSTEM_BINARIES); do command -v $$b >/dev/null 2>&1 || test -x /usr/sbin/$$b || missing="$$missing $$b"; done; \
 	if [ -n "$$missing" ]; then \
