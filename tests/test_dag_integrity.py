@@ -93,7 +93,8 @@ def test_built_steps_and_their_dags(dagbag):
     assert built == {"provisioning_work", "sessions_mgt_work", "send_email_notifications_work",
                      "send_email_campaign_work", "domain_verification", "billing_work", "synch_dns_records_work",
                      "domain_name_data_sync_thread", "help_desk_work", "help_desk_command",
-                     "usage_report_schedule_work", "quota_over_used_work", "overusage_resource_notification"}
+                     "usage_report_schedule_work", "quota_over_used_work", "overusage_resource_notification",
+                     "monitoring_work", "sync_health_metrics_work"}
 
 
 def test_threads_with_nothing_built_start_paused(dagbag):
