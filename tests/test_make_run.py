@@ -30,6 +30,7 @@ def start(home: Path, ports: dict[str, int], **extra: str) -> tuple[subprocess.P
     env.update(extra)
     env.update(PANELFLOW_HOME=str(home), PANELFLOW_API_PORT=str(ports["api"]), PANELFLOW_PG_PORT=str(ports["pg"]),
                PANELFLOW_SMTP_PORT=str(ports["smtp"]), PANELFLOW_GATEWAY_PORT=str(ports.setdefault("gateway", free_port())),
+               PANELFLOW_REGISTRAR_PORT=str(ports.setdefault("registrar", free_port())),
                PYTHONPATH=str(ROOT / "plugins"),
                # free ports, so the suite can run beside a developer's make run
                PANELFLOW_WORKER_LOG_PORT=str(free_port()), PANELFLOW_TRIGGER_LOG_PORT=str(free_port()))
@@ -143,6 +144,7 @@ def test_make_run_end_to_end(tmp_path):
         assert states == dict.fromkeys(wanted, "success")
 
         billing_work_from_the_api_and_a_backfilled_gap(api, home, ports)
+        probes_and_syncs_against_make_runs_own_sandbox(api, home)
     finally:
         stop(proc)
 
@@ -259,6 +261,28 @@ def billing_work_from_the_api_and_a_backfilled_gap(api: Api, home: Path, ports: 
                       "--max-active-runs 3 --reprocess-behavior completed")
     wait_for_backfills(api, 2)
     assert billed() == after_backfill
+
+
+def probes_and_syncs_against_make_runs_own_sandbox(api: Api, home: Path) -> None:
+    """MonitoringWork probes make run's own components (all up), DomainNameDataSyncThread syncs
+    the sandbox registrar, and the threads with nothing configured here still run green."""
+    import psycopg
+
+    panel = next(line.split("=", 1)[1] for line in (home / "env.sh").read_text().splitlines()
+                 if line.startswith("export AIRFLOW_CONN_PANEL_DB="))
+    dags = ["monitoring_work", "sync_health_metrics_work", "domain_name_data_sync_thread", "synch_dns_records_work",
+            "help_desk_work", "help_desk_command", "usage_report_schedule_work", "quota_over_used_work",
+            "overusage_resource_notification"]
+    runs = {d: api.call("POST", f"/api/v2/dags/{d}/dagRuns", {"logical_date": None})["dag_run_id"] for d in dags}
+    states = {d: wait_for_run(api, d, run_id) for d, run_id in runs.items()}
+    assert states == dict.fromkeys(dags, "success")
+    with psycopg.connect(panel) as conn:
+        checks = dict(conn.execute("SELECT m.name, c.status FROM monitor_checks c JOIN monitors m ON m.id = c.monitor_id"
+                                   " WHERE c.checked_at = (SELECT max(checked_at) FROM monitor_checks)").fetchall())
+        synced = conn.execute("SELECT count(*) FROM registrar_domains").fetchone()[0]
+    assert checks == dict.fromkeys(["Airflow API server", "SMTP relay", "Panel database", "Card gateway",
+                                    "Registrar API"], "up")
+    assert synced >= 20
 
 
 def test_make_run_on_a_server_named_by_the_environment(tmp_path):

@@ -163,6 +163,30 @@ def load_billing_demo(conn, customers: int, today, due_day=None, per_customer: i
             conn.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))")
 
 
+def load_local_sandbox(conn, ports: dict[str, int]) -> None:
+    """What ``make run`` itself offers to the threads that probe or sync: monitors on its own
+    components (the API server's health page, the SMTP sink, PostgreSQL, the sandboxes) and the
+    sandbox registrar as a registrar account. Once (names are unique)."""
+    from psycopg.types.json import Jsonb
+
+    with conn.transaction():
+        conn.execute("INSERT INTO servers (name, role, host) VALUES ('panelflow', 'control', '127.0.0.1')"
+                     " ON CONFLICT (name) DO NOTHING")
+        monitors = [
+            ("Airflow API server", "web", {"url": f"http://127.0.0.1:{ports['api']}/api/v2/monitor/health",
+                                           "contains": "metadatabase"}),
+            ("SMTP relay", "mail", {"host": "127.0.0.1", "port": ports["smtp"]}),
+            ("Panel database", "tcp", {"host": "127.0.0.1", "port": ports["pg"]}),
+            ("Card gateway", "web", {"url": f"http://127.0.0.1:{ports['gateway']}/_sandbox/health"}),
+            ("Registrar API", "tcp", {"host": "127.0.0.1", "port": ports["registrar"]}),
+        ]
+        for name, kind, params in monitors:
+            conn.execute("INSERT INTO monitors (name, kind, server_id, params) SELECT %s, %s, id, %s FROM servers"
+                         " WHERE name = 'panelflow' ON CONFLICT (name) DO NOTHING", (name, kind, Jsonb(params)))
+        conn.execute("INSERT INTO registrar_accounts (name, conn_id) VALUES ('Sandbox registrar', 'registrar')"
+                     " ON CONFLICT DO NOTHING")
+
+
 def load_demo(url: str, customers: int = 200, now: datetime | None = None) -> dict[str, int]:
     """Load the demo rows; returns rows per table. ``now`` anchors the ages (default: load time)."""
     now = now or datetime.now(timezone.utc)
@@ -184,6 +208,8 @@ def main() -> None:
     p = argparse.ArgumentParser(prog="python -m panelflow.demo", description="Load demo data into the panel DB.")
     p.add_argument("url", nargs="?", help="panel DB URL (default: the Airflow connection panel_db)")
     p.add_argument("--customers", type=int, default=200)
+    p.add_argument("--local-ports", metavar="api=8080,smtp=8025,…",
+                   help="make run's ports: also add monitors of its components and the sandbox registrar")
     a = p.parse_args()
     if a.url is None:
         from panelflow.db import url_from_connection
@@ -191,6 +217,10 @@ def main() -> None:
         a.url = url_from_connection()
     counts = load_demo(a.url, a.customers)
     print("demo data: " + ", ".join(f"{t} {n}" for t, n in counts.items()))
+    if a.local_ports:
+        ports = {k: int(v) for k, v in (item.split("=") for item in a.local_ports.split(","))}
+        with psycopg.connect(sqlalchemy_url(a.url).replace("postgresql+psycopg://", "postgresql://")) as conn:
+            load_local_sandbox(conn, ports)
 
 
 if __name__ == "__main__":

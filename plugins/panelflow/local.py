@@ -3,13 +3,13 @@
 Starts (or reuses) an embedded PostgreSQL holding the Airflow metadata DB and the panel DB,
 migrates both, loads the demo data once, syncs pools from the catalog, then runs the Airflow 3
 components — scheduler, dag-processor, triggerer, API server (LocalExecutor) — plus a local SMTP
-sink that keeps alert e-mails as files and the card-payment gateway sandbox (BillingWork charges
-through it). Each child runs in its own process group; Ctrl-C or
+sink that keeps alert e-mails as files the card-payment gateway sandbox (BillingWork charges
+through it) and the registrar sandbox (DomainNameDataSyncThread). Each child runs in its own process group; Ctrl-C or
 SIGTERM stops every group (children of children included) and then PostgreSQL, so nothing is
 left behind. A second run reuses ``.panelflow/``.
 
 Environment: PANELFLOW_HOME (state, default ./.panelflow), PANELFLOW_API_PORT (8080),
-PANELFLOW_PG_PORT (54329), PANELFLOW_SMTP_PORT (8025), PANELFLOW_GATEWAY_PORT (8765), PANELFLOW_DATABASE_URL (use this
+PANELFLOW_PG_PORT (54329), PANELFLOW_SMTP_PORT (8025), PANELFLOW_GATEWAY_PORT (8765), PANELFLOW_REGISTRAR_PORT (8766), PANELFLOW_DATABASE_URL (use this
 PostgreSQL server instead of the embedded one: postgresql://user:password@host:port).
 """
 
@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -44,6 +45,7 @@ class Supervisor:
         self.pg_port = int(os.environ.get("PANELFLOW_PG_PORT", "54329"))
         self.smtp_port = int(os.environ.get("PANELFLOW_SMTP_PORT", "8025"))
         self.gateway_port = int(os.environ.get("PANELFLOW_GATEWAY_PORT", "8765"))
+        self.registrar_port = int(os.environ.get("PANELFLOW_REGISTRAR_PORT", "8766"))
         self.airflow_home = self.home / "airflow"
         self.procs: dict[str, subprocess.Popen] = {}
         self.pg = None
@@ -54,7 +56,8 @@ class Supervisor:
     def _secrets(self) -> dict[str, str]:
         path = self.home / "secrets.json"
         values = json.loads(path.read_text()) if path.exists() else {}
-        wanted = {"admin_password": 12, "jwt_secret": 32, "api_secret_key": 32, "gateway_api_key": 24}
+        wanted = {"admin_password": 12, "jwt_secret": 32, "api_secret_key": 32, "gateway_api_key": 24,
+                  "registrar_api_key": 24}
         if wanted.keys() - values.keys():  # a first start, or a set-up from before a secret existed
             values.update({k: secrets.token_urlsafe(n) for k, n in wanted.items() if k not in values})
             path.write_text(json.dumps(values))
@@ -85,6 +88,11 @@ class Supervisor:
                 "extra": {"disable_ssl": True, "disable_tls": True, "from_email": "panelflow@localhost"},
             }),
             PANELFLOW_SANDBOX_GATEWAY_KEY=sec["gateway_api_key"],
+            PANELFLOW_SANDBOX_REGISTRAR_KEY=sec["registrar_api_key"],
+            AIRFLOW_CONN_REGISTRAR=json.dumps({
+                "conn_type": "panelflow_registrar", "host": "127.0.0.1", "port": self.registrar_port,
+                "schema": "http", "password": sec["registrar_api_key"], "extra": {"timeout": 10},
+            }),
             # the card gateway sandbox (include/sandbox/payment_gateway.py), with this set-up's own key
             AIRFLOW_CONN_PAYMENT_GATEWAY=json.dumps({
                 "conn_type": "panelflow_payment_gateway", "host": "127.0.0.1", "port": self.gateway_port,
@@ -97,7 +105,7 @@ class Supervisor:
         """``.panelflow/env.sh``: what the airflow CLI needs to reach this set-up (``make airflow``)."""
         keys = ("AIRFLOW_HOME", "PYTHONPATH", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__API_AUTH__JWT_SECRET",
                 "AIRFLOW__API__SECRET_KEY", "AIRFLOW_CONN_PANEL_DB", "AIRFLOW_CONN_SMTP_DEFAULT",
-                "AIRFLOW_CONN_PAYMENT_GATEWAY")
+                "AIRFLOW_CONN_PAYMENT_GATEWAY", "AIRFLOW_CONN_REGISTRAR")
         path = self.home / "env.sh"
         path.write_text("".join(f"export {k}={shlex.quote(env[k])}\n" for k in keys))
         path.chmod(0o600)
@@ -128,7 +136,10 @@ class Supervisor:
         self._run(env, py, "-m", "panelflow.db", "upgrade", server + "/panel")
         flag = self.home / "demo-loaded"
         if not flag.exists():
-            self._run(env, py, "-m", "panelflow.demo", server + "/panel", "--customers", "200")
+            ports = {"api": self.api_port, "smtp": self.smtp_port, "pg": urllib.parse.urlsplit(server).port or 5432, "gateway": self.gateway_port,
+                     "registrar": self.registrar_port}
+            self._run(env, py, "-m", "panelflow.demo", server + "/panel", "--customers", "200",
+                      "--local-ports", ",".join(f"{k}={v}" for k, v in ports.items()))
             flag.write_text("1")
         self._run(env, py, "-m", "panelflow.pools")
         self._run(env, py, "-m", "airflow", "dags", "reserialize")
@@ -146,6 +157,8 @@ class Supervisor:
                                  "-c", "aiosmtpd.handlers.Mailbox", str(self.home / "mail")]
         commands["payment-gateway"] = [sys.executable, str(ROOT / "include" / "sandbox" / "payment_gateway.py"),
                                        "--host", "127.0.0.1", "--port", str(self.gateway_port)]
+        commands["registrar"] = [sys.executable, str(ROOT / "include" / "sandbox" / "registrar.py"),
+                                 "--host", "127.0.0.1", "--port", str(self.registrar_port)]
         for name, cmd in commands.items():
             out = open(logs / f"{name}.log", "ab")
             self.procs[name] = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
