@@ -1,0 +1,148 @@
+"""One loopback HTTP server for the Microsoft side: Microsoft Graph v1.0 (with the identity
+platform's token endpoint), Partner Center and the Azure Retail Prices API.
+
+Each API is a plain object with ``handle(request) -> Response | None`` (``None``: not my path),
+so the shapes live in their own modules — ``microsoft_graph.py`` (Graph + tokens) and
+``partner_center.py`` (Partner Center + Retail Prices) — and tests can drive one API's state
+in-process while the hooks talk real HTTP to this server.
+
+Run it: ``python include/sandbox/microsoft.py --host 127.0.0.1 --port 8767 [module options]``.
+Tests: ``MicrosoftSandbox([GraphApi(...), PartnerCenterApi(...)]).start()`` → ``.url``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import signal
+import sys
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass
+class Request:
+    method: str
+    path: str                      # without the query string
+    query: dict[str, list[str]]
+    headers: Any                   # email.message.Message: case-insensitive .get()
+    body: bytes
+    base_url: str                  # http://host:port of this server, for nextLink/deltaLink
+
+    def json(self) -> Any:
+        return json.loads(self.body or b"null")
+
+    def arg(self, name: str, default: str | None = None) -> str | None:
+        values = self.query.get(name)
+        return values[0] if values else default
+
+
+@dataclass
+class Response:
+    status: int
+    body: Any = None               # dict/list → JSON; bytes → as is; None → empty
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def load(module: str):
+    """Import a sibling module of this file (``include/sandbox`` is not a package)."""
+    name = f"panelflow_sandbox_{module}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, HERE / f"{module}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+class _Handler(BaseHTTPRequestHandler):
+    sandbox: "MicrosoftSandbox"
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt, *args):  # request lines only, never headers (tokens)
+        if self.sandbox.verbose:
+            sys.stderr.write("%s\n" % (fmt % args))
+
+    def _dispatch(self) -> None:
+        parts = urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        host, port = self.server.server_address[:2]
+        req = Request(self.command, parts.path, parse_qs(parts.query), self.headers, body, f"http://{host}:{port}")
+        resp = None
+        for api in self.sandbox.apis:
+            resp = api.handle(req)
+            if resp is not None:
+                break
+        if resp is None:
+            resp = Response(404, {"error": {"code": "NotFound", "message": f"no such path {parts.path}"}})
+        payload = resp.body
+        headers = dict(resp.headers)
+        if isinstance(payload, (dict, list)):
+            payload = json.dumps(payload, default=str).encode()
+            headers.setdefault("Content-Type", "application/json")
+        payload = payload or b""
+        self.send_response(resp.status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _dispatch
+
+
+class MicrosoftSandbox:
+    def __init__(self, apis: list, host: str = "127.0.0.1", port: int = 0, verbose: bool = False):
+        self.apis = apis
+        self.host, self.port, self.verbose = host, port, verbose
+        self._server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> "MicrosoftSandbox":
+        handler = type("Handler", (_Handler,), {"sandbox": self})
+        self._server = ThreadingHTTPServer((self.host, self.port), handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, name="microsoft-sandbox", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="microsoft.py", description=__doc__.splitlines()[0])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8767)
+    p.add_argument("--verbose", action="store_true")
+    modules = [m for m in ("microsoft_graph", "partner_center") if (HERE / f"{m}.py").exists()]
+    for m in modules:
+        load(m).add_arguments(p)
+    a = p.parse_args(argv)
+    sandbox = MicrosoftSandbox([load(m).from_arguments(a) for m in modules], a.host, a.port, a.verbose).start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    print(f"microsoft sandbox on {sandbox.url} ({', '.join(modules) or 'no APIs'})", flush=True)
+    stop.wait()
+    sandbox.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
