@@ -1,13 +1,16 @@
 """One loopback HTTP server for the Microsoft side: Microsoft Graph v1.0 (with the identity
 platform's token endpoint), Partner Center and the Azure Retail Prices API.
 
-Each API is a plain object with ``handle(request) -> Response | None`` (``None``: not my path),
+Each API is a plain object with ``handle(request) -> Response | None`` (``None``: not my path);
+``TokenIssuer`` (below) is the identity platform's token endpoint they all trust,
 so the shapes live in their own modules — ``microsoft_graph.py`` (Graph + tokens) and
 ``partner_center.py`` (Partner Center + Retail Prices) — and tests can drive one API's state
 in-process while the hooks talk real HTTP to this server.
 
 Run it: ``python include/sandbox/microsoft.py --host 127.0.0.1 --port 8767 [module options]``.
-Tests: ``MicrosoftSandbox([GraphApi(...), PartnerCenterApi(...)]).start()`` → ``.url``.
+Tests: ``issuer = TokenIssuer(); MicrosoftSandbox([issuer, GraphApi(issuer, …), PartnerCenterApi(issuer,
+…)]).start()`` → ``.url``. Each module offers ``add_arguments(parser)`` and
+``from_arguments(args, issuer)`` for the command line.
 """
 
 from __future__ import annotations
@@ -49,6 +52,70 @@ class Response:
     status: int
     body: Any = None               # dict/list → JSON; bytes → as is; None → empty
     headers: dict[str, str] = field(default_factory=dict)
+
+
+class TokenIssuer:
+    """The identity platform's client-credentials endpoint, shared by every API of the sandbox.
+
+    ``POST /{tenant}/oauth2/v2.0/token`` (form: grant_type=client_credentials, client_id,
+    client_secret, scope) → ``{"access_token", "token_type": "Bearer", "expires_in"}``. Apps are
+    registered per tenant (``register(tenant, client_id, secret)``; ``"*"`` = any tenant, as a
+    multi-tenant partner app). APIs call ``authorise(request)`` → the token's tenant, or a 401
+    ``Response`` (unknown, expired or revoked token). ``expire_all()`` makes every issued token
+    expire now (a token expiring mid-sync); ``fail_tenant(t)`` makes that tenant's logins fail.
+    """
+
+    def __init__(self, lifetime: int = 3600):
+        import secrets as _secrets
+        import time as _time
+
+        self._secrets, self._time = _secrets, _time
+        self.lifetime = lifetime
+        self.apps: dict[tuple[str, str], str] = {}
+        self.tokens: dict[str, tuple[str, float]] = {}
+        self.failing: set[str] = set()
+        self.issued = 0
+        self.lock = threading.Lock()
+
+    def register(self, tenant: str, client_id: str, secret: str) -> None:
+        self.apps[(tenant, client_id)] = secret
+
+    def expire_all(self) -> None:
+        with self.lock:
+            self.tokens = {t: (tenant, 0.0) for t, (tenant, _) in self.tokens.items()}
+
+    def fail_tenant(self, tenant: str) -> None:
+        self.failing.add(tenant)
+
+    def handle(self, req: Request) -> Response | None:
+        parts = req.path.strip("/").split("/")
+        if req.method != "POST" or len(parts) != 4 or parts[1:] != ["oauth2", "v2.0", "token"]:
+            return None
+        tenant = parts[0]
+        form = {k: v[0] for k, v in parse_qs(req.body.decode()).items()}
+        if form.get("grant_type") != "client_credentials":
+            return Response(400, {"error": "unsupported_grant_type"})
+        secret = self.apps.get((tenant, form.get("client_id", ""))) or self.apps.get(("*", form.get("client_id", "")))
+        if tenant in self.failing or secret is None or secret != form.get("client_secret"):
+            return Response(401, {"error": "invalid_client",
+                                  "error_description": f"AADSTS7000215: Invalid client secret for tenant {tenant}."})
+        token = self._secrets.token_urlsafe(24)
+        with self.lock:
+            self.tokens[token] = (tenant, self._time.time() + self.lifetime)
+            self.issued += 1
+        return Response(200, {"token_type": "Bearer", "expires_in": self.lifetime, "ext_expires_in": self.lifetime,
+                              "access_token": token})
+
+    def authorise(self, req: Request) -> str | Response:
+        auth = req.headers.get("Authorization") or ""
+        token = auth[7:] if auth.startswith("Bearer ") else ""
+        with self.lock:
+            entry = self.tokens.get(token)
+        if entry is None or entry[1] <= self._time.time():
+            return Response(401, {"error": {"code": "InvalidAuthenticationToken",
+                                            "message": "Access token has expired or is not yet valid."}},
+                            {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        return entry[0]
 
 
 def load(module: str):
@@ -134,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     for m in modules:
         load(m).add_arguments(p)
     a = p.parse_args(argv)
-    sandbox = MicrosoftSandbox([load(m).from_arguments(a) for m in modules], a.host, a.port, a.verbose).start()
+    issuer = TokenIssuer()
+    apis = [issuer] + [load(m).from_arguments(a, issuer) for m in modules]
+    sandbox = MicrosoftSandbox(apis, a.host, a.port, a.verbose).start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
