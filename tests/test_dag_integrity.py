@@ -78,6 +78,10 @@ def test_built_steps_and_their_dags(dagbag):
         "delete_old_service_queue_logs", "delete_old_voice_bill_records", "delete_old_temp_data",
         "delete_old_azure_rates", "delete_old_o365_reconciliation_records", "delete_old_email_logs",
         "archive_audit_logs", "archive_o365_audit_logs",
+        "update_contact_primary_emails", "update_registrar_status", "fill_blank_o365_subscription_names",
+        "suspend_expired_csp_trials", "merge_addons", "send_failure_notifications", "delete_unverified_customers",
+        "salt_passwords", "sync_subscription_credit_limits", "send_recycle_bin_notifications",
+        "send_recovery_notifications", "purge_expired_recovery_distribution_lists",
     }
     assert set(dagbag.dags["sessions_mgt_work"].task_ids) == {"expire_sessions", "delete_old_session_history"}
     assert set(dagbag.dags["send_email_notifications_work"].task_ids) == {"send_due_notifications"}
