@@ -1,12 +1,14 @@
 """BillingWork's invoice step against a raw INSERT … SELECT, on one database, in one run.
 
 ours:     ``invoice_due_subscriptions`` for one billing day on which every active subscription
-          is due: the bad-record report, then one statement writing an invoice per customer,
-          a line per subscription, add-on and deferred-billing credit (taxed), the credit notes
-          and the advanced next bill dates — with the unique keys that make it exactly-once.
-baseline: one ``INSERT INTO scratch … SELECT`` writing the same number of lines (subscriptions,
-          add-ons, credits; price × quantity) from the same tables into a table without keys —
-          the least a database can do to write that many lines.
+          is due: one statement that advances the due subscriptions' next bill dates and writes
+          an invoice per customer, a line per subscription, add-on and deferred-billing credit
+          (taxed) and the credit notes — with the unique keys that make it exactly-once — then
+          the bad-record report.
+baseline: one ``INSERT INTO scratch_lines … SELECT`` writing the same number of lines
+          (subscriptions, add-ons, credits; price × quantity) from the same tables into a table
+          with invoice_lines' shape and keys (``LIKE invoice_lines INCLUDING ALL``) — the least a
+          database can do to write that many lines.
 
 Data: ``panelflow.demo``'s billing provider, 1,000,000 subscriptions of 200,000 customers
 (BENCH_SMALL=1: 50,000 of 10,000), a real durable PostgreSQL. Ends with

@@ -47,130 +47,146 @@ def add_missing_reseller_tax_rates(conn) -> int:
 
 
 # --- 2. recurring invoices ----------------------------------------------------------------------
+#
+# One statement per billing day, all of a call's days in one transaction. The statement starts
+# by advancing the day's billable subscriptions (the UPDATE is the scan that finds them, and
+# RETURNING hands their rows to the rest), then writes the invoice lines, the invoices and the
+# credit notes from those rows. Why it is shaped like this (bench/billing.py measures it):
+#
+# * Claiming by UPDATE: billing reads the subscriptions table once, and a concurrent run for
+#   the same day waits on the row locks, then finds the rows no longer due (EvalPlanQual
+#   re-checks ``next_bill_date``) and bills nothing twice. ``next_bill_date`` is unindexed and
+#   the table leaves room on each page (migration 0006), so the update is HOT.
+# * Invoice ids come from the identity sequence before anything is written (one ``nextval``
+#   per customer), so lines and credit notes carry their invoice id instead of joining back to
+#   what the invoice INSERT returned.
+# * A customer whose invoice for the day exists, or a subscription whose line for the day
+#   exists, is left out up front (and reported), so invoices and lines are plain INSERTs that
+#   cannot collide and totals always equal their lines (ON CONFLICT DO NOTHING could drop a
+#   line its invoice total counted). Should a concurrent run still take one of the unique keys
+#   (it billed a subscription of the same customer that this run's snapshot had not seen as
+#   due), the whole call rolls back and the task's retry reports the invoice as issued.
 
-# The subscriptions due on [first, end) that can be billed, with their billing period. A period
-# ends on the subscription's anchor day (started_on + n cycles), so a 31 January start bills
-# 28 February and then 31 March, never drifting to the 28th.
+# A period ends on the subscription's anchor day (started_on + n cycles), so a 31 January start
+# bills 28 February and then 31 March, never drifting to the 28th. Over the row being advanced.
+_PERIOD_END = """(s.started_on + make_interval(months =>
+            (12 * (date_part('year', s.next_bill_date) - date_part('year', s.started_on))
+             + date_part('month', s.next_bill_date) - date_part('month', s.started_on))::int
+            + CASE s.billing_cycle WHEN 'monthly' THEN 1 WHEN 'quarterly' THEN 3 ELSE 12 END))::date"""
+
+# A deferred-billing subscription's first invoice: DEFERRED_CREDIT_DAYS of it are credited,
+# prorated over the period's days (the whole period when it is shorter). Over a ``billed`` row.
+_CREDIT = "round(b.price * b.quantity * b.credit_days / (b.period_end - %(day)s::date), 2)"
+
+# The day's billable subscriptions, advanced to the end of the period being billed; RETURNING
+# gives the rest of the statement what it bills (``period_end`` is the new next bill date).
+# Skipped, and reported afterwards by UNBILLED_DUE_SUBSCRIPTIONS: no price, an unknown or
+# mismatched currency, a customer already invoiced for the day, a subscription already billed
+# for the day on another invoice (a recurring line is always on an invoice of its own day).
 _DUE = f"""
-due AS MATERIALIZED (
-    SELECT s.id AS subscription_id, s.customer_id, c.reseller_id, s.next_bill_date AS billing_date, s.currency,
-           s.plan, s.price, s.quantity, s.deferred_billing, s.billing_cycle, tax.rate AS tax_rate,
-           (s.started_on + make_interval(months => m.elapsed + m.cycle))::date AS period_end
-    FROM subscriptions s
-    JOIN customers c ON c.id = s.customer_id
-    JOIN currencies cur ON cur.code = s.currency
-    CROSS JOIN LATERAL (
-        SELECT CASE s.billing_cycle WHEN 'monthly' THEN 1 WHEN 'quarterly' THEN 3 ELSE 12 END AS cycle,
-               ((extract(year FROM s.next_bill_date) - extract(year FROM s.started_on)) * 12
-                + extract(month FROM s.next_bill_date) - extract(month FROM s.started_on))::int AS elapsed) m
+billed AS (
+    UPDATE subscriptions s SET next_bill_date = {_PERIOD_END}
+    FROM customers c
+    JOIN currencies cur ON cur.code = c.currency
     {CUSTOMER_TAX_JOIN}
-    WHERE s.status = 'active' AND c.status = 'active'
-      AND s.next_bill_date >= %(first)s AND s.next_bill_date < %(end)s
+    WHERE c.id = s.customer_id AND s.status = 'active' AND c.status = 'active' AND s.next_bill_date = %(day)s
       AND s.price IS NOT NULL AND s.currency = c.currency
+      AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.customer_id = s.customer_id AND i.billing_date = %(day)s
+                        AND i.kind = 'recurring')
+      AND NOT EXISTS (SELECT 1 FROM invoices i JOIN invoice_lines l ON l.invoice_id = i.id
+                      WHERE i.billing_date = %(day)s AND i.kind = 'recurring' AND l.subscription_id = s.id
+                        AND l.kind = 'subscription')
+    RETURNING s.id AS subscription_id, s.customer_id, c.reseller_id, s.currency, s.plan, s.billing_cycle, s.price,
+              s.quantity, tax.rate AS tax_rate, s.next_bill_date AS period_end,
+              CASE WHEN s.deferred_billing AND NOT EXISTS (
+                       SELECT 1 FROM credit_notes n WHERE n.subscription_id = s.id
+                         AND n.reason = '{DEFERRED_CREDIT_REASON}')
+                   THEN least({DEFERRED_CREDIT_DAYS}, s.next_bill_date - %(day)s::date) END AS credit_days
+),
+invoice_ids AS MATERIALIZED (  -- evaluated once: one nextval per customer, whatever the plan
+    SELECT customer_id, reseller_id, currency,
+           nextval((SELECT pg_get_serial_sequence('invoices', 'id'))::regclass) AS invoice_id
+    FROM billed GROUP BY customer_id, reseller_id, currency
 )"""
 
+# A line per subscription, per active add-on and per deferred-billing credit, taxed per line;
+# RETURNING is what the invoice totals are summed from.
 _LINES = f"""
-lines AS MATERIALIZED (
-    SELECT l.*, round(l.amount * l.tax_rate, 2) AS tax_amount FROM (
-        SELECT subscription_id, 0::bigint AS addon_id, 'subscription' AS kind, customer_id, reseller_id, billing_date,
-               currency, plan || ' (' || billing_cycle || ')' AS description, billing_date AS period_start, period_end,
-               quantity::numeric AS quantity, price AS unit_price, round(price * quantity, 2) AS amount, tax_rate,
-               0 AS credit_days
-        FROM due
+new_lines AS (
+    INSERT INTO invoice_lines (invoice_id, kind, subscription_id, addon_id, description, period_start, period_end,
+                               quantity, unit_price, amount, tax_rate, tax_amount)
+    SELECT i.invoice_id, l.kind, l.subscription_id, l.addon_id, l.description, %(day)s, l.period_end,
+           l.quantity, l.unit_price, l.amount, l.tax_rate, round(l.amount * l.tax_rate, 2)
+    FROM (
+        SELECT customer_id, 'subscription' AS kind, subscription_id, 0::bigint AS addon_id,
+               plan || ' (' || billing_cycle || ')' AS description, period_end, quantity::numeric AS quantity,
+               price AS unit_price, round(price * quantity, 2) AS amount, tax_rate
+        FROM billed
         UNION ALL
-        SELECT d.subscription_id, a.id, 'addon', d.customer_id, d.reseller_id, d.billing_date, d.currency,
-               a.name || ' (add-on to ' || d.plan || ')', d.billing_date, d.period_end,
-               a.quantity, a.price, round(a.price * a.quantity, 2), d.tax_rate, 0
-        FROM due d JOIN subscription_addons a ON a.subscription_id = d.subscription_id AND a.status = 'active'
+        SELECT b.customer_id, 'addon', b.subscription_id, a.id, a.name || ' (add-on to ' || b.plan || ')',
+               b.period_end, a.quantity, a.price, round(a.price * a.quantity, 2), b.tax_rate
+        FROM billed b JOIN subscription_addons a ON a.subscription_id = b.subscription_id AND a.status = 'active'
         UNION ALL
-        -- a deferred-billing subscription's first invoice: {DEFERRED_CREDIT_DAYS} days of it are credited,
-        -- prorated over the period's days (the whole period when it is shorter)
-        SELECT d.subscription_id, 0, 'credit', d.customer_id, d.reseller_id, d.billing_date, d.currency,
-               least({DEFERRED_CREDIT_DAYS}, d.period_end - d.billing_date) || ' days credit, deferred billing of '
-                   || d.plan,
-               d.billing_date, d.period_end, 1, -cr.amount, -cr.amount, d.tax_rate,
-               least({DEFERRED_CREDIT_DAYS}, d.period_end - d.billing_date)
-        FROM due d CROSS JOIN LATERAL (
-            SELECT round(d.price * d.quantity * least({DEFERRED_CREDIT_DAYS}, d.period_end - d.billing_date)
-                         / (d.period_end - d.billing_date), 2) AS amount) cr
-        WHERE d.deferred_billing AND NOT EXISTS (
-            SELECT 1 FROM credit_notes n WHERE n.subscription_id = d.subscription_id
-              AND n.reason = '{DEFERRED_CREDIT_REASON}')
-    ) l
+        SELECT b.customer_id, 'credit', b.subscription_id, 0,
+               b.credit_days || ' days credit, deferred billing of ' || b.plan, b.period_end, 1, -{_CREDIT},
+               -{_CREDIT}, b.tax_rate
+        FROM billed b WHERE b.credit_days IS NOT NULL
+    ) l JOIN invoice_ids i USING (customer_id)
+    RETURNING invoice_id, kind, amount, tax_amount
 )"""
 
 INVOICE_DUE_SUBSCRIPTIONS = f"""
 WITH {_DUE}, {_LINES},
 inv AS (
-    INSERT INTO invoices (invoice_number, customer_id, reseller_id, kind, billing_date, currency,
+    INSERT INTO invoices (id, invoice_number, customer_id, reseller_id, kind, billing_date, currency,
                           subtotal, credit, tax, total, due_date)
-    SELECT 'R' || to_char(billing_date, 'YYYYMMDD') || '-' || customer_id, customer_id, reseller_id, 'recurring',
-           billing_date, currency,
-           coalesce(sum(amount) FILTER (WHERE kind <> 'credit'), 0), coalesce(-sum(amount) FILTER (WHERE kind = 'credit'), 0),
-           sum(tax_amount), sum(amount + tax_amount), billing_date
-    FROM lines GROUP BY customer_id, reseller_id, billing_date, currency
-    ON CONFLICT (customer_id, billing_date, kind) DO NOTHING
-    RETURNING id, customer_id, billing_date
-),
-new_lines AS (
-    INSERT INTO invoice_lines (invoice_id, kind, subscription_id, addon_id, description, period_start, period_end,
-                               quantity, unit_price, amount, tax_rate, tax_amount)
-    SELECT inv.id, l.kind, l.subscription_id, l.addon_id, l.description, l.period_start, l.period_end,
-           l.quantity, l.unit_price, l.amount, l.tax_rate, l.tax_amount
-    FROM lines l JOIN inv USING (customer_id, billing_date)
-    ON CONFLICT DO NOTHING
-    RETURNING kind
+    OVERRIDING SYSTEM VALUE
+    SELECT i.invoice_id, 'R' || to_char(%(day)s::date, 'YYYYMMDD') || '-' || i.customer_id, i.customer_id,
+           i.reseller_id, 'recurring', %(day)s, i.currency, t.subtotal, t.credit, t.tax, t.total, %(day)s
+    FROM invoice_ids i JOIN (
+        SELECT invoice_id, coalesce(sum(amount) FILTER (WHERE kind <> 'credit'), 0) AS subtotal,
+               coalesce(-sum(amount) FILTER (WHERE kind = 'credit'), 0) AS credit, sum(tax_amount) AS tax,
+               sum(amount + tax_amount) AS total
+        FROM new_lines GROUP BY invoice_id) t USING (invoice_id)
 ),
 credits AS (
     INSERT INTO credit_notes (customer_id, subscription_id, invoice_id, reason, days, amount, currency, issued_on)
-    SELECT l.customer_id, l.subscription_id, inv.id, '{DEFERRED_CREDIT_REASON}', l.credit_days, -l.amount, l.currency,
-           l.billing_date
-    FROM lines l JOIN inv USING (customer_id, billing_date)
-    WHERE l.kind = 'credit'
+    SELECT b.customer_id, b.subscription_id, i.invoice_id, '{DEFERRED_CREDIT_REASON}', b.credit_days, {_CREDIT},
+           b.currency, %(day)s
+    FROM billed b JOIN invoice_ids i USING (customer_id)
+    WHERE b.credit_days IS NOT NULL
     ON CONFLICT DO NOTHING
     RETURNING 1
-),
-advanced AS (
-    UPDATE subscriptions s SET next_bill_date = l.period_end
-    FROM lines l JOIN inv USING (customer_id, billing_date)
-    WHERE l.kind = 'subscription' AND s.id = l.subscription_id AND s.next_bill_date = l.billing_date
-    RETURNING 1
 )
-SELECT (SELECT count(*) FROM inv), (SELECT count(*) FROM new_lines WHERE kind <> 'credit'),
-       (SELECT count(*) FROM credits), (SELECT count(*) FROM advanced),
-       (SELECT count(*) FROM lines WHERE kind = 'subscription')
+SELECT (SELECT count(*) FROM invoice_ids), (SELECT count(*) FROM new_lines WHERE kind <> 'credit'),
+       (SELECT count(*) FROM credits), (SELECT count(*) FROM billed)
 """
 
-# Due subscriptions that cannot be billed, and why: reported, skipped, the rest billed.
-UNBILLABLE_DUE_SUBSCRIPTIONS = """
-SELECT s.id, s.customer_id,
-       CASE WHEN s.price IS NULL THEN 'subscription has no price'
-            WHEN cur.code IS NULL THEN 'unknown currency ' || s.currency
-            ELSE 'currency ' || s.currency || ' differs from the customer''s ' || c.currency END
-FROM subscriptions s
-JOIN customers c ON c.id = s.customer_id
-LEFT JOIN currencies cur ON cur.code = s.currency
-WHERE s.status = 'active' AND c.status = 'active'
-  AND s.next_bill_date >= %(first)s AND s.next_bill_date < %(end)s
-  AND (s.price IS NULL OR cur.code IS NULL OR s.currency <> c.currency)
-ORDER BY s.id
-LIMIT 10000
-"""
-
-# Due subscriptions the run could not bill because their customer's invoice for that day was
-# written earlier (a backdated subscription after the day was billed): left for an operator.
-ALREADY_INVOICED_DAY = """
-SELECT s.id, s.customer_id, i.invoice_number
-FROM subscriptions s JOIN customers c ON c.id = s.customer_id JOIN currencies cur ON cur.code = s.currency
-JOIN invoices i ON i.customer_id = s.customer_id AND i.billing_date = s.next_bill_date AND i.kind = 'recurring'
-WHERE s.status = 'active' AND c.status = 'active' AND s.price IS NOT NULL AND s.currency = c.currency
-  AND s.next_bill_date >= %(first)s AND s.next_bill_date < %(end)s
-ORDER BY s.id LIMIT 1000
-"""
-
-OVERDUE = """
-SELECT count(*) FROM subscriptions s JOIN customers c ON c.id = s.customer_id
-WHERE s.status = 'active' AND c.status = 'active' AND s.next_bill_date < %(first)s
+# Run after billing, in the same transaction: what is still due on [first, end) and why (a
+# count per reason and the first few by name), and how many are overdue (due before first).
+UNBILLED_DUE_SUBSCRIPTIONS = """
+SELECT reason, count(*), (array_agg(example ORDER BY id))[1:%(keep)s] FROM (
+    SELECT s.id, r.reason,
+           'subscription ' || s.id || CASE WHEN r.reason = 'the customer''s invoice for that day was already issued'
+                                           THEN ' (' || i.invoice_number || ')'
+                                           ELSE ' (customer ' || s.customer_id || ')' END AS example
+    FROM subscriptions s
+    JOIN customers c ON c.id = s.customer_id
+    LEFT JOIN currencies cur ON cur.code = s.currency
+    LEFT JOIN invoices i ON i.customer_id = s.customer_id AND i.billing_date = s.next_bill_date
+        AND i.kind = 'recurring' AND i.billing_date >= %(first)s AND i.billing_date < %(end)s
+    CROSS JOIN LATERAL (SELECT CASE
+        WHEN s.next_bill_date < %(first)s THEN 'overdue'
+        WHEN s.price IS NULL THEN 'subscription has no price'
+        WHEN cur.code IS NULL THEN 'unknown currency ' || s.currency
+        WHEN s.currency <> c.currency THEN 'currency ' || s.currency || ' differs from the customer''s ' || c.currency
+        WHEN i.id IS NOT NULL THEN 'the customer''s invoice for that day was already issued'
+        WHEN EXISTS (SELECT 1 FROM invoice_lines l WHERE l.subscription_id = s.id AND l.addon_id = 0
+                       AND l.kind = 'subscription' AND l.period_start = s.next_bill_date)
+            THEN 'the subscription was already billed for that day on another invoice'
+        ELSE 'changed while the day was billed; billed by a rerun' END AS reason) r
+    WHERE s.status = 'active' AND c.status = 'active' AND s.next_bill_date < %(end)s
+) unbilled GROUP BY reason ORDER BY reason
 """
 
 
@@ -178,25 +194,34 @@ def invoice_due_subscriptions(conn, first: date, end: date, report: StepReport) 
     """Invoice every billable subscription due on ``[first, end)``, in one transaction.
 
     All or nothing: a worker killed mid-statement leaves no invoice without its lines and no
-    subscription advanced without its invoice. Nothing loops over subscriptions in Python.
+    subscription advanced without its invoice. Nothing loops over subscriptions in Python (the
+    loop is over billing days: one set-based statement each). A concurrent run billing the same
+    day makes this call fail on a unique key and roll back; the retry then skips what it billed.
     """
-    days = {"first": first, "end": end}
+    from datetime import timedelta
+
+    invoices = lines = credits = advanced = 0
     with conn.transaction():
         # the day's lines are sorted and grouped in memory, not spilled to disk (this transaction only)
         conn.execute("SET LOCAL work_mem = '256MB'")
-        for sub, customer, reason in conn.execute(UNBILLABLE_DUE_SUBSCRIPTIONS, days).fetchall():
-            report.skip(reason, f"subscription {sub} (customer {customer})")
-        invoices, lines, credits, advanced, due = conn.execute(INVOICE_DUE_SUBSCRIPTIONS, days).fetchone()
+        day = first
+        while day < end:
+            i, n, c, a = conn.execute(INVOICE_DUE_SUBSCRIPTIONS, {"day": day}).fetchone()
+            invoices, lines, credits, advanced = invoices + i, lines + n, credits + c, advanced + a
+            day += timedelta(days=1)
+        unbilled = conn.execute(UNBILLED_DUE_SUBSCRIPTIONS,
+                                {"first": first, "end": end, "keep": report.keep}).fetchall()
     report.add("invoices", invoices)
     report.add("invoice_lines", lines)
     report.add("deferred_credits", credits)
     report.add("subscriptions_advanced", advanced)
-    if advanced < due:
-        for sub, customer, number in conn.execute(ALREADY_INVOICED_DAY, days).fetchall():
-            report.skip("the customer's invoice for that day was already issued", f"subscription {sub} ({number})")
-    overdue = conn.execute(OVERDUE, days).fetchone()[0]
-    if overdue:
-        report.add("overdue_unbilled_subscriptions", overdue)  # due before this run's days: backfill those days
+    for reason, count, examples in unbilled:
+        if reason == "overdue":  # due before this run's days: backfill those days
+            report.add("overdue_unbilled_subscriptions", count)
+            continue
+        for example in examples:  # every one counts; the first few are named
+            report.skip(reason, example)
+        report.skipped[reason] += count - len(examples)
 
 
 # --- 4. invoice e-mails -------------------------------------------------------------------------
