@@ -20,6 +20,7 @@ from panelflow.operators import StepOperator, WaitForPendingWorkOperator
 from panelflow.schedules import describe, timetable_for
 
 WAIT_TASK_ID = "wait_for_pending_work"
+LIST_SUFFIX = "__items"
 
 
 def build_dags(catalog: Catalog | None = None) -> dict[str, DAG]:
@@ -86,20 +87,24 @@ def build_dag(catalog: Catalog, thread: Thread) -> DAG:
             "on_failure_callback": [ThreadFailureNotifier(thread=thread.name, to=catalog.alert_to(thread))],
         },
     )
-    tasks = {}
+    tasks, firsts = {}, {}
+    tz = getattr(thread.schedule, "timezone", None) or settings.timezone
     for step in built:
-        tasks[step.id] = StepOperator(
-            task_id=step.id,
-            task_display_name=step.seed,
-            doc_md=f"**Step {step.number}** of {thread.name}: {step.seed}\n\nRuns `{step.run}`.",
-            run=step.run,
-            timezone=getattr(thread.schedule, "timezone", None) or settings.timezone,
-            pool=catalog.pool(thread, step),
-            dag=dag,
-        )
+        common = dict(task_display_name=step.seed, timezone=tz, pool=catalog.pool(thread, step), dag=dag,
+                      doc_md=f"**Step {step.number}** of {thread.name}: {step.seed}\n\nRuns `{step.run}`"
+                             + (f" once per item of `{step.map_over}`." if step.map_over else "."))
+        if step.map_over:
+            # one mapped task instance per item, listed when the run starts; the pool bounds them
+            lister = StepOperator(task_id=f"{step.id}{LIST_SUFFIX}", run=step.map_over,
+                                  **{**common, "task_display_name": f"{step.seed} (list)",
+                                     "doc_md": f"Lists the items of step {step.number}: `{step.map_over}`."})
+            tasks[step.id] = StepOperator.partial(task_id=step.id, run=step.run, **common).expand(item=lister.output)
+            firsts[step.id] = lister
+        else:
+            tasks[step.id] = firsts[step.id] = StepOperator(task_id=step.id, run=step.run, **common)
     for step in built:
         for upstream in step.after:
-            tasks[upstream] >> tasks[step.id]
+            tasks[upstream] >> firsts[step.id]
     if thread.schedule.kind == "daemon" and tasks:
         wait = WaitForPendingWorkOperator(
             task_id=WAIT_TASK_ID,
@@ -108,7 +113,7 @@ def build_dag(catalog: Catalog, thread: Thread) -> DAG:
             retries=0,
             dag=dag,
         )
-        for t in tasks.values():
+        for t in firsts.values():
             if not t.upstream_list:
                 wait >> t
     return dag

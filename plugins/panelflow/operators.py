@@ -67,6 +67,7 @@ _PROVIDERS = {
     "panel_db": lambda op, ctx: _panel_db(),
     "params": lambda op, ctx: dict(ctx.get("params") or {}),
     "log": lambda op, ctx: op.log,
+    "item": lambda op, ctx: op.item,
 }
 assert tuple(_PROVIDERS) == STEP_INPUTS  # the catalog check and the operator agree
 
@@ -83,10 +84,11 @@ class StepOperator(BaseOperator):
     template_fields = ()
     ui_color = "#e8f1fb"
 
-    def __init__(self, *, run: str, timezone: str = "UTC", **kwargs):
+    def __init__(self, *, run: str, timezone: str = "UTC", item: Any = None, **kwargs):
         super().__init__(**kwargs)
         self.run = run
         self.timezone = timezone
+        self.item = item  # a mapped instance's item (``expand(item=…)``)
 
     def execute(self, context) -> dict[str, Any]:
         func = resolve(self.run)

@@ -366,17 +366,26 @@ def load_catalog(directory: Path | str | None = None) -> Catalog:
             if step.pool is not None and step.pool != GROUP_ACTIONS_POOL and step.pool not in run_groups:
                 problems.append(_fmt(src.file, at("pool"), t.name, f"steps.{step.id}.pool",
                                      f"unknown pool {step.pool!r}; use {GROUP_ACTIONS_POOL} or a run group"))
-            if step.run:
-                module, _, func = step.run.rpartition(".")
+            for field in ("run", "map_over"):
+                path = getattr(step, field)
+                if not path:
+                    continue
+                module, _, func = path.rpartition(".")
                 functions = _module_functions(module)
+                where = f"steps.{step.id}.{field}"
                 if functions is None:
-                    problems.append(_fmt(src.file, at("run"), t.name, f"steps.{step.id}.run", f"no module {module!r}"))
+                    problems.append(_fmt(src.file, at(field), t.name, where, f"no module {module!r}"))
                 elif func not in functions:
-                    problems.append(_fmt(src.file, at("run"), t.name, f"steps.{step.id}.run",
-                                         f"module {module} has no function {func!r}"))
+                    problems.append(_fmt(src.file, at(field), t.name, where, f"module {module} has no function {func!r}"))
                 elif unknown := [a for a in functions[func] if a not in STEP_INPUTS]:
-                    problems.append(_fmt(src.file, at("run"), t.name, f"steps.{step.id}.run",
-                                         f"{step.run} takes {unknown}; a step may take {list(STEP_INPUTS)}"))
+                    problems.append(_fmt(src.file, at(field), t.name, where,
+                                         f"{path} takes {unknown}; a step may take {list(STEP_INPUTS)}"))
+                elif field == "run" and "item" in functions[func] and not step.map_over:
+                    problems.append(_fmt(src.file, at(field), t.name, where,
+                                         f"{path} takes 'item' but the step has no map_over to list the items"))
+            if step.map_over and not step.run:
+                problems.append(_fmt(src.file, at("map_over"), t.name, f"steps.{step.id}.map_over",
+                                     "map_over needs the step's run"))
         cycle = _find_cycle(t) if all(a in ids for s in t.steps for a in s.after) else None
         if cycle:
             problems.append(_fmt(src.file, here("steps"), t.name, "steps.after", f"dependency cycle {' → '.join(cycle)}"))

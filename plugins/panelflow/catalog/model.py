@@ -123,6 +123,10 @@ class Step(Strict):
     run: str | None = Field(default=None, pattern=r"^panelflow\.steps\.[a-z0-9_.]+\.[a-z_][a-z0-9_]*$")
     after: list[str] = []
     pool: str | None = None
+    # A step done once per item (a tenant, a server …): this function lists the items when the
+    # run starts, and ``run`` becomes one mapped task instance per item (``item`` input),
+    # as many at a time as the step's pool allows.
+    map_over: str | None = Field(default=None, pattern=r"^panelflow\.steps\.[a-z0-9_.]+\.[a-z_][a-z0-9_]*$")
 
     @property
     def implemented(self) -> bool:
