@@ -82,6 +82,7 @@ def test_built_steps_and_their_dags(dagbag):
         "suspend_expired_csp_trials", "merge_addons", "send_failure_notifications", "delete_unverified_customers",
         "salt_passwords", "sync_subscription_credit_limits", "send_recycle_bin_notifications",
         "send_recovery_notifications", "purge_expired_recovery_distribution_lists",
+        "process_pending_o365_subscriptions", "generate_threshold_alerts",
     }
     assert set(dagbag.dags["sessions_mgt_work"].task_ids) == {"expire_sessions", "delete_old_session_history"}
     assert set(dagbag.dags["send_email_notifications_work"].task_ids) == {"send_due_notifications"}
@@ -98,7 +99,8 @@ def test_built_steps_and_their_dags(dagbag):
                      "send_email_campaign_work", "domain_verification", "billing_work", "synch_dns_records_work",
                      "domain_name_data_sync_thread", "help_desk_work", "help_desk_command",
                      "usage_report_schedule_work", "quota_over_used_work", "overusage_resource_notification",
-                     "monitoring_work", "sync_health_metrics_work"}
+                     "monitoring_work", "sync_health_metrics_work",
+                     "azure_rate_work", "sync_csp_offers", "office365_work", "reconciliate_o365_subs_work"}
 
 
 def test_threads_with_nothing_built_start_paused(dagbag):
