@@ -31,6 +31,7 @@ def start(home: Path, ports: dict[str, int], **extra: str) -> tuple[subprocess.P
     env.update(PANELFLOW_HOME=str(home), PANELFLOW_API_PORT=str(ports["api"]), PANELFLOW_PG_PORT=str(ports["pg"]),
                PANELFLOW_SMTP_PORT=str(ports["smtp"]), PANELFLOW_GATEWAY_PORT=str(ports.setdefault("gateway", free_port())),
                PANELFLOW_REGISTRAR_PORT=str(ports.setdefault("registrar", free_port())),
+               PANELFLOW_MICROSOFT_PORT=str(ports.setdefault("microsoft", free_port())),
                PYTHONPATH=str(ROOT / "plugins"),
                # free ports, so the suite can run beside a developer's make run
                PANELFLOW_WORKER_LOG_PORT=str(free_port()), PANELFLOW_TRIGGER_LOG_PORT=str(free_port()))
@@ -272,7 +273,8 @@ def probes_and_syncs_against_make_runs_own_sandbox(api: Api, home: Path) -> None
                  if line.startswith("export AIRFLOW_CONN_PANEL_DB="))
     dags = ["monitoring_work", "sync_health_metrics_work", "domain_name_data_sync_thread", "synch_dns_records_work",
             "help_desk_work", "help_desk_command", "usage_report_schedule_work", "quota_over_used_work",
-            "overusage_resource_notification"]
+            "overusage_resource_notification", "provisioning_work", "sync_csp_offers", "azure_rate_work",
+            "reconciliate_o365_subs_work", "office365_work"]
     runs = {d: api.call("POST", f"/api/v2/dags/{d}/dagRuns", {"logical_date": None})["dag_run_id"] for d in dags}
     states = {d: wait_for_run(api, d, run_id) for d, run_id in runs.items()}
     assert states == dict.fromkeys(dags, "success")
@@ -280,9 +282,11 @@ def probes_and_syncs_against_make_runs_own_sandbox(api: Api, home: Path) -> None
         checks = dict(conn.execute("SELECT m.name, c.status FROM monitor_checks c JOIN monitors m ON m.id = c.monitor_id"
                                    " WHERE c.checked_at = (SELECT max(checked_at) FROM monitor_checks)").fetchall())
         synced = conn.execute("SELECT count(*) FROM registrar_domains").fetchone()[0]
+        offers = conn.execute("SELECT count(*) FROM csp_offers").fetchone()[0]
+        rates = conn.execute("SELECT count(*) FROM azure_rates WHERE source = 'retail_prices'").fetchone()[0]
     assert checks == dict.fromkeys(["Airflow API server", "SMTP relay", "Panel database", "Card gateway",
-                                    "Registrar API"], "up")
-    assert synced >= 20
+                                    "Registrar API", "Microsoft sandbox"], "up")
+    assert synced >= 20 and offers > 0 and rates > 0
 
 
 def test_make_run_on_a_server_named_by_the_environment(tmp_path):

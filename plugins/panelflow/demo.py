@@ -185,6 +185,11 @@ def load_local_sandbox(conn, ports: dict[str, int]) -> None:
                          " WHERE name = 'panelflow' ON CONFLICT (name) DO NOTHING", (name, kind, Jsonb(params)))
         conn.execute("INSERT INTO registrar_accounts (name, conn_id) VALUES ('Sandbox registrar', 'registrar')"
                      " ON CONFLICT DO NOTHING")
+        conn.execute("INSERT INTO csp_profiles (name, conn_id, country) VALUES ('Sandbox CSP', 'partner_center', 'GB')"
+                     " ON CONFLICT DO NOTHING")
+        conn.execute("INSERT INTO monitors (name, kind, server_id, params) SELECT 'Microsoft sandbox', 'tcp', id, %s"
+                     " FROM servers WHERE name = 'panelflow' ON CONFLICT (name) DO NOTHING",
+                     (Jsonb({"host": "127.0.0.1", "port": ports["microsoft"]}),))
 
 
 def load_demo(url: str, customers: int = 200, now: datetime | None = None) -> dict[str, int]:

@@ -4,12 +4,13 @@ Starts (or reuses) an embedded PostgreSQL holding the Airflow metadata DB and th
 migrates both, loads the demo data once, syncs pools from the catalog, then runs the Airflow 3
 components — scheduler, dag-processor, triggerer, API server (LocalExecutor) — plus a local SMTP
 sink that keeps alert e-mails as files the card-payment gateway sandbox (BillingWork charges
-through it) and the registrar sandbox (DomainNameDataSyncThread). Each child runs in its own process group; Ctrl-C or
+through it), the registrar sandbox (DomainNameDataSyncThread) and the Microsoft sandbox (Graph,
+Partner Center, Azure Retail Prices). Each child runs in its own process group; Ctrl-C or
 SIGTERM stops every group (children of children included) and then PostgreSQL, so nothing is
 left behind. A second run reuses ``.panelflow/``.
 
 Environment: PANELFLOW_HOME (state, default ./.panelflow), PANELFLOW_API_PORT (8080),
-PANELFLOW_PG_PORT (54329), PANELFLOW_SMTP_PORT (8025), PANELFLOW_GATEWAY_PORT (8765), PANELFLOW_REGISTRAR_PORT (8766), PANELFLOW_DATABASE_URL (use this
+PANELFLOW_PG_PORT (54329), PANELFLOW_SMTP_PORT (8025), PANELFLOW_GATEWAY_PORT (8765), PANELFLOW_REGISTRAR_PORT (8766), PANELFLOW_MICROSOFT_PORT (8767), PANELFLOW_DATABASE_URL (use this
 PostgreSQL server instead of the embedded one: postgresql://user:password@host:port).
 """
 
@@ -46,6 +47,7 @@ class Supervisor:
         self.smtp_port = int(os.environ.get("PANELFLOW_SMTP_PORT", "8025"))
         self.gateway_port = int(os.environ.get("PANELFLOW_GATEWAY_PORT", "8765"))
         self.registrar_port = int(os.environ.get("PANELFLOW_REGISTRAR_PORT", "8766"))
+        self.microsoft_port = int(os.environ.get("PANELFLOW_MICROSOFT_PORT", "8767"))
         self.airflow_home = self.home / "airflow"
         self.procs: dict[str, subprocess.Popen] = {}
         self.pg = None
@@ -57,7 +59,7 @@ class Supervisor:
         path = self.home / "secrets.json"
         values = json.loads(path.read_text()) if path.exists() else {}
         wanted = {"admin_password": 12, "jwt_secret": 32, "api_secret_key": 32, "gateway_api_key": 24,
-                  "registrar_api_key": 24}
+                  "registrar_api_key": 24, "partner_center_secret": 24}
         if wanted.keys() - values.keys():  # a first start, or a set-up from before a secret existed
             values.update({k: secrets.token_urlsafe(n) for k, n in wanted.items() if k not in values})
             path.write_text(json.dumps(values))
@@ -89,6 +91,18 @@ class Supervisor:
             }),
             PANELFLOW_SANDBOX_GATEWAY_KEY=sec["gateway_api_key"],
             PANELFLOW_SANDBOX_REGISTRAR_KEY=sec["registrar_api_key"],
+            PANELFLOW_SANDBOX_PARTNER_CENTER_SECRET=sec["partner_center_secret"],
+            # Partner Center and Azure Retail Prices on the Microsoft sandbox (include/sandbox/microsoft.py)
+            AIRFLOW_CONN_PARTNER_CENTER=json.dumps({
+                "conn_type": "panelflow_partner_center", "host": "127.0.0.1", "port": self.microsoft_port,
+                "schema": "http", "login": "panelflow-partner-center", "password": sec["partner_center_secret"],
+                "extra": {"tenant_id": "sandbox-partner", "authority": f"http://127.0.0.1:{self.microsoft_port}",
+                          "timeout": 10},
+            }),
+            AIRFLOW_CONN_AZURE_RETAIL_PRICES=json.dumps({
+                "conn_type": "panelflow_azure_retail_prices", "host": "127.0.0.1", "port": self.microsoft_port,
+                "schema": "http", "extra": {"currencies": ["USD", "GBP"], "timeout": 30},
+            }),
             AIRFLOW_CONN_REGISTRAR=json.dumps({
                 "conn_type": "panelflow_registrar", "host": "127.0.0.1", "port": self.registrar_port,
                 "schema": "http", "password": sec["registrar_api_key"], "extra": {"timeout": 10},
@@ -105,7 +119,8 @@ class Supervisor:
         """``.panelflow/env.sh``: what the airflow CLI needs to reach this set-up (``make airflow``)."""
         keys = ("AIRFLOW_HOME", "PYTHONPATH", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__API_AUTH__JWT_SECRET",
                 "AIRFLOW__API__SECRET_KEY", "AIRFLOW_CONN_PANEL_DB", "AIRFLOW_CONN_SMTP_DEFAULT",
-                "AIRFLOW_CONN_PAYMENT_GATEWAY", "AIRFLOW_CONN_REGISTRAR")
+                "AIRFLOW_CONN_PAYMENT_GATEWAY", "AIRFLOW_CONN_REGISTRAR", "AIRFLOW_CONN_PARTNER_CENTER",
+                "AIRFLOW_CONN_AZURE_RETAIL_PRICES")
         path = self.home / "env.sh"
         path.write_text("".join(f"export {k}={shlex.quote(env[k])}\n" for k in keys))
         path.chmod(0o600)
@@ -137,7 +152,7 @@ class Supervisor:
         flag = self.home / "demo-loaded"
         if not flag.exists():
             ports = {"api": self.api_port, "smtp": self.smtp_port, "pg": urllib.parse.urlsplit(server).port or 5432, "gateway": self.gateway_port,
-                     "registrar": self.registrar_port}
+                     "registrar": self.registrar_port, "microsoft": self.microsoft_port}
             self._run(env, py, "-m", "panelflow.demo", server + "/panel", "--customers", "200",
                       "--local-ports", ",".join(f"{k}={v}" for k, v in ports.items()))
             flag.write_text("1")
@@ -159,6 +174,8 @@ class Supervisor:
                                        "--host", "127.0.0.1", "--port", str(self.gateway_port)]
         commands["registrar"] = [sys.executable, str(ROOT / "include" / "sandbox" / "registrar.py"),
                                  "--host", "127.0.0.1", "--port", str(self.registrar_port)]
+        commands["microsoft"] = [sys.executable, str(ROOT / "include" / "sandbox" / "microsoft.py"),
+                                 "--host", "127.0.0.1", "--port", str(self.microsoft_port)]
         for name, cmd in commands.items():
             out = open(logs / f"{name}.log", "ab")
             self.procs[name] = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
