@@ -6,7 +6,7 @@ import pytest
 
 from panelflow.alerts import ThreadFailureNotifier
 from panelflow.catalog import load_catalog
-from panelflow.factory import WAIT_TASK_ID
+from panelflow.factory import LIST_SUFFIX, WAIT_TASK_ID
 from panelflow.operators import StepOperator
 
 
@@ -37,14 +37,21 @@ def test_exactly_the_live_threads(dagbag, catalog):
 def test_every_step_is_a_task_or_reported_missing(dagbag, catalog):
     for thread in catalog.live_threads:
         dag = dagbag.dags[thread.dag_id]
-        task_ids = {t for t in dag.task_ids if t != WAIT_TASK_ID}
+        task_ids = {t for t in dag.task_ids if t != WAIT_TASK_ID and not t.endswith(LIST_SUFFIX)}
         runnable = {s.id for s in thread.runnable_steps()}
         assert task_ids == runnable, thread.name
         for step in thread.steps:
             if step.id in runnable:
                 task = dag.get_task(step.id)
-                assert isinstance(task, StepOperator) and task.run == step.run
-                assert task.task_display_name == step.seed
+                if step.map_over:  # mapped: its lister comes first and takes the step's upstreams
+                    assert task.partial_kwargs["run"] == step.run and task.task_display_name == step.seed
+                    lister = dag.get_task(step.id + LIST_SUFFIX)
+                    assert isinstance(lister, StepOperator) and lister.run == step.map_over
+                    assert {u.task_id for u in task.upstream_list} == {lister.task_id}
+                    task = lister
+                else:
+                    assert isinstance(task, StepOperator) and task.run == step.run
+                    assert task.task_display_name == step.seed
                 assert {u.task_id for u in task.upstream_list} - {WAIT_TASK_ID} == set(step.after)
             else:
                 assert f"`{step.id}`" in dag.doc_md and "not built yet" in dag.doc_md.lower()
@@ -67,7 +74,7 @@ def test_dag_attributes_follow_the_catalog(dagbag, catalog):
             assert len(notifiers) == 1 and notifiers[0].to == catalog.alert_to(thread)
             assert notifiers[0].thread == thread.name
             if task.task_id != WAIT_TASK_ID:
-                step = next(s for s in thread.steps if s.id == task.task_id)
+                step = next(s for s in thread.steps if s.id == task.task_id.removesuffix(LIST_SUFFIX))
                 assert task.pool == (step.pool or (thread.run_groups[0] if thread.run_groups else "default_pool"))
                 assert task.pool in catalog.pools() or task.pool == "default_pool"
 
@@ -100,7 +107,14 @@ def test_built_steps_and_their_dags(dagbag):
                      "domain_name_data_sync_thread", "help_desk_work", "help_desk_command",
                      "usage_report_schedule_work", "quota_over_used_work", "overusage_resource_notification",
                      "monitoring_work", "sync_health_metrics_work",
-                     "azure_rate_work", "sync_csp_offers", "office365_work", "reconciliate_o365_subs_work"}
+                     "azure_rate_work", "sync_csp_offers", "office365_work", "reconciliate_o365_subs_work",
+                     "office365_sync_work", "o365_sync_admin_logs_work", "office365_tenant_first_sync_work"}
+    # tenants in parallel: one mapped task instance per tenant, listed when the run starts
+    sync = dagbag.dags["office365_sync_work"]
+    assert set(sync.task_ids) == {"sync_tenant_entities__items", "sync_tenant_entities"}
+    mapped = sync.get_task("sync_tenant_entities")
+    assert mapped.upstream_task_ids == {"sync_tenant_entities__items"} and mapped.pool == "o365_sync"
+    assert type(mapped).__name__ == "MappedOperator"
 
 
 def test_threads_with_nothing_built_start_paused(dagbag):

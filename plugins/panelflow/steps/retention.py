@@ -111,4 +111,4 @@ def archive_audit_logs(panel_db, interval) -> dict:
 def archive_o365_audit_logs(panel_db, interval) -> dict:
     """Remove and archive O365 audit logs: the same for Microsoft 365 admin audit entries."""
     return _archive_and_prune(panel_db, interval, live="o365_admin_audit_logs",
-                              archive="o365_admin_audit_logs_archive", columns=(*_AUDIT_COLUMNS, "tenant_id"))
+                              archive="o365_admin_audit_logs_archive", columns=(*_AUDIT_COLUMNS, "tenant_id", "graph_id"))
