@@ -274,7 +274,8 @@ def probes_and_syncs_against_make_runs_own_sandbox(api: Api, home: Path) -> None
     dags = ["monitoring_work", "sync_health_metrics_work", "domain_name_data_sync_thread", "synch_dns_records_work",
             "help_desk_work", "help_desk_command", "usage_report_schedule_work", "quota_over_used_work",
             "overusage_resource_notification", "provisioning_work", "sync_csp_offers", "azure_rate_work",
-            "reconciliate_o365_subs_work", "office365_work"]
+            "reconciliate_o365_subs_work", "office365_work", "office365_sync_work", "o365_sync_admin_logs_work",
+            "office365_tenant_first_sync_work"]
     runs = {d: api.call("POST", f"/api/v2/dags/{d}/dagRuns", {"logical_date": None})["dag_run_id"] for d in dags}
     states = {d: wait_for_run(api, d, run_id) for d, run_id in runs.items()}
     assert states == dict.fromkeys(dags, "success")
@@ -284,9 +285,11 @@ def probes_and_syncs_against_make_runs_own_sandbox(api: Api, home: Path) -> None
         synced = conn.execute("SELECT count(*) FROM registrar_domains").fetchone()[0]
         offers = conn.execute("SELECT count(*) FROM csp_offers").fetchone()[0]
         rates = conn.execute("SELECT count(*) FROM azure_rates WHERE source = 'retail_prices'").fetchone()[0]
+        m365_users = conn.execute("SELECT count(DISTINCT tenant_id), count(*) FROM m365_users").fetchone()
     assert checks == dict.fromkeys(["Airflow API server", "SMTP relay", "Panel database", "Card gateway",
                                     "Registrar API", "Microsoft sandbox"], "up")
     assert synced >= 20 and offers > 0 and rates > 0
+    assert m365_users[0] == 2 and m365_users[1] > 0  # both sandbox tenants synced, one mapped task each
 
 
 def test_make_run_on_a_server_named_by_the_environment(tmp_path):

@@ -32,6 +32,25 @@ Endpoints (JSON bodies, the shapes Graph v1.0 uses)::
                                $filter=activityDateTime ge <iso> and activityDateTime lt <iso>
                                (ge/gt/le/lt), $top; newest first, nextLink
 
+Writes (Office365Work's group actions; Graph's shapes and errors)::
+
+    GET    /v1.0/users/{id | userPrincipalName}    user · 404 Request_ResourceNotFound
+    POST   /v1.0/users                             {accountEnabled, displayName, mailNickname,
+                               userPrincipalName, passwordProfile, usageLocation?, …} → 201 user;
+                               400 "Another object with the same value for property
+                               userPrincipalName already exists." · an unverified domain: 400
+    PATCH  /v1.0/users/{id}                        passwordProfile and a few properties → 204
+    DELETE /v1.0/users/{id}                        204 · 404
+    POST   /v1.0/users/{id}/assignLicense          {addLicenses: [{skuId, disabledPlans}], removeLicenses:
+                               [skuId]} → 200 user; 400 for an unknown SKU or no usageLocation
+    POST   /v1.0/groups/{id}/members/$ref          {"@odata.id": ".../directoryObjects/{id}"} → 204;
+                               400 "One or more added object references already exist …"
+    DELETE /v1.0/groups/{id}/members/{member}/$ref 204 · 404
+
+``lose_next_answer(method, path, status=504)``: the next such write is applied and then answered
+``status`` (a lost answer); ``writes`` lists (tenant, method, path, status) of every write;
+``password_of(tenant, user)`` is the passwordProfile last set.
+
 Errors look like Graph's: ``{"error": {"code", "message"}}``; 401 for a missing, expired or
 revoked token; 410 ``syncStateNotFound`` for a deltaLink older than ``invalidate_delta()``.
 
@@ -194,6 +213,7 @@ class _Tenant:
         self.groups = _Collection()
         self.contacts: dict[str, dict] = {}
         self.extra_audits: list[dict] = []
+        self.passwords: dict[str, dict] = {}  # user id → passwordProfile last set (never returned)
         self.lock = threading.RLock()
 
 
@@ -216,6 +236,8 @@ class GraphApi:
         self._throttles: list[tuple[int, str | None]] = []
         self._malform: list[list] = []          # [kind, path, pages to let through first, tenant]
         self._scheduled: list[list] = []      # [requests left, fn]
+        self._lost: list[tuple] = []          # [(method, path part, status)]: answers lost after the write
+        self.writes: list[tuple] = []         # (tenant, method, path, status) of every write request
         self.tenants: dict[str, _Tenant] = {}
         self._order: list[str] = []
         for i in range(tenants):
@@ -418,6 +440,16 @@ class GraphApi:
         with self._lock:
             self._malform.append([kind, path, skip, None if tenant is None else self._tenant(tenant).id])
 
+    def lose_next_answer(self, method: str = "POST", path: str | None = None, status: int = 504) -> None:
+        """The next ``method`` request (whose path contains ``path``) is applied, then answered ``status``
+        (an answer lost on the way back: a gateway timeout after Graph did the work)."""
+        with self._lock:
+            self._lost.append((method, path, status))
+
+    def password_of(self, tenant, user_id: str) -> dict | None:
+        """The passwordProfile last set for a user (Graph never returns it; for tests)."""
+        return self._tenant(tenant).passwords.get(user_id)
+
     def after_requests(self, n: int, fn: Callable[[], Any]) -> None:
         with self._lock:
             self._scheduled.append([n, fn])
@@ -466,8 +498,8 @@ class GraphApi:
             headers = {"Retry-After": retry_after} if retry_after is not None else {}
             code = "TooManyRequests" if status == 429 else "ServiceUnavailable"
             return _error(status, code, "Too many requests, retry later.", headers)
-        if req.method != "GET":
-            return _error(405, "Request_BadRequest", f"{req.method} is not supported here")
+        if req.method != "GET" or (path != "/users/delta" and re.fullmatch(r"/users/[^/]+", path)):
+            return self._write(req, t, path)
         route = {
             "/organization": self._organization, "/domains": self._domains, "/subscribedSkus": self._skus,
             "/users": self._users, "/users/delta": self._users_delta, "/groups": self._groups,
@@ -750,6 +782,162 @@ class GraphApi:
             body["@odata.nextLink"] = (f"{req.base_url}/v1.0/auditLogs/directoryAudits?$skiptoken="
                                        f"{quote(_b64({**state, 'skip': state['skip'] + len(chunk)}))}")
         return Response(200, body)
+
+
+    # -- writes (Office365Work's group actions) ---------------------------------------------------
+
+    def _write(self, req: Request, t: _Tenant, path: str) -> Response:
+        from urllib.parse import unquote
+
+        path = unquote(path)
+        try:
+            with t.lock:
+                resp = self._apply(req, t, path)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            resp = _error(400, "Request_BadRequest", f"Invalid request body: {exc}")
+        lost = None
+        if resp.status < 300 and req.method != "GET":
+            with self._lock:
+                lost = next((x for x in self._lost if x[0] == req.method and (x[1] is None or x[1] in path)), None)
+                if lost is not None:
+                    self._lost.remove(lost)
+        with self._lock:
+            if req.method != "GET":
+                self.writes.append((t.id, req.method, path, lost[2] if lost else resp.status))
+        if lost is not None:
+            return _error(lost[2], "GatewayTimeout", "The operation timed out (the change may have been applied).")
+        return resp
+
+    @staticmethod
+    def _find_user(t: _Tenant, key: str) -> str | None:
+        """A user by object id or userPrincipalName (Graph's ``/users/{id | userPrincipalName}``)."""
+        if key in t.users.items:
+            return key
+        key = key.lower()
+        return next((uid for uid, u in t.users.items.items() if (u.get("userPrincipalName") or "").lower() == key),
+                    None)
+
+    def _apply(self, req: Request, t: _Tenant, path: str) -> Response:
+        m = re.fullmatch(r"/users/([^/]+)(/assignLicense)?", path)
+        if path == "/users" and req.method == "POST":
+            return self._create_user(req, t)
+        if m:
+            uid = self._find_user(t, m.group(1))
+            if uid is None:
+                return _error(404, "Request_ResourceNotFound", f"Resource '{m.group(1)}' does not exist or one of "
+                                                                "its queried reference-property objects are not present.")
+            if m.group(2) and req.method == "POST":
+                return self._assign_license(req, t, uid)
+            if m.group(2):
+                return _error(405, "Request_BadRequest", f"{req.method} is not supported here")
+            if req.method == "GET":
+                return Response(200, {"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#users/$entity",
+                                      **t.users.items[uid]})
+            if req.method == "PATCH":
+                body = req.json()
+                if not isinstance(body, dict) or not body:
+                    raise ValueError("a PATCH needs a JSON object")
+                profile = body.pop("passwordProfile", None)
+                if profile is not None:
+                    if not isinstance(profile, dict) or len(str(profile.get("password") or "")) < 8:
+                        return _error(400, "Request_BadRequest", "The specified password does not comply with "
+                                                                 "password complexity requirements.")
+                    t.passwords[uid] = dict(profile)
+                bad = set(body) - {"displayName", "givenName", "surname", "jobTitle", "department", "accountEnabled",
+                                   "usageLocation", "mobilePhone"}
+                if bad:
+                    return _error(400, "Request_BadRequest", f"Property '{sorted(bad)[0]}' is read-only here.")
+                if body:
+                    t.users.put(uid, body, self._bump(t))
+                return Response(204)
+            if req.method == "DELETE":
+                self.remove_user(t.id, uid)
+                t.passwords.pop(uid, None)
+                return Response(204)
+        g = re.fullmatch(r"/groups/([^/]+)/members(?:/([^/]+))?/\$ref", path)
+        if g:
+            gid = g.group(1)
+            if gid not in t.groups.items:
+                return _error(404, "Request_ResourceNotFound", f"Resource '{gid}' does not exist.")
+            if req.method == "POST" and g.group(2) is None:
+                ref = (req.json() or {}).get("@odata.id") or ""
+                mid = ref.rstrip("/").rsplit("/", 1)[-1]
+                if mid in t.users.items:
+                    typ = "user"
+                elif mid in t.groups.items:
+                    typ = "group"
+                else:
+                    return _error(404, "Request_ResourceNotFound", f"Resource '{mid}' does not exist.")
+                if mid in t.groups.members.get(gid, {}):
+                    return _error(400, "Request_BadRequest", "One or more added object references already exist "
+                                                             "for the following modified properties: 'members'.")
+                self.add_member(t.id, gid, mid, typ)
+                return Response(204)
+            if req.method == "DELETE" and g.group(2):
+                if g.group(2) not in t.groups.members.get(gid, {}):
+                    return _error(404, "Request_ResourceNotFound", f"Resource '{g.group(2)}' does not exist.")
+                self.remove_member(t.id, gid, g.group(2))
+                return Response(204)
+        return _error(405 if req.method != "GET" else 400, "Request_BadRequest",
+                      f"{req.method} is not supported for the segment '{path}'.")
+
+    def _create_user(self, req: Request, t: _Tenant) -> Response:
+        body = req.json()
+        if not isinstance(body, dict):
+            raise ValueError("the body must be a JSON object")
+        missing = [k for k in ("accountEnabled", "displayName", "mailNickname", "userPrincipalName", "passwordProfile")
+                   if k not in body]
+        if missing:
+            return _error(400, "Request_BadRequest", f"Property '{missing[0]}' is required.")
+        upn = str(body["userPrincipalName"])
+        domain = upn.rpartition("@")[2].lower()
+        if domain not in (t.domain, f"tenant{t.index}.onmicrosoft.com"):
+            return _error(400, "Request_BadRequest", f"The domain portion of the userPrincipalName property is "
+                                                     f"invalid. You must use one of the verified domain names.")
+        if self._find_user(t, upn) is not None:
+            return _error(400, "Request_BadRequest", "Another object with the same value for property "
+                                                     "userPrincipalName already exists.")
+        profile = body.pop("passwordProfile")
+        if not isinstance(profile, dict) or len(str(profile.get("password") or "")) < 8:
+            return _error(400, "Request_BadRequest", "The specified password does not comply with password "
+                                                     "complexity requirements.")
+        uid = str(uuid.uuid4())
+        fields = {"userPrincipalName": upn, "displayName": body["displayName"], "givenName": body.get("givenName"),
+                  "surname": body.get("surname"), "mail": None, "accountEnabled": bool(body["accountEnabled"]),
+                  "usageLocation": body.get("usageLocation"), "jobTitle": body.get("jobTitle"),
+                  "department": body.get("department"), "proxyAddresses": [], "assignedLicenses": [],
+                  "createdDateTime": _iso(datetime.now(timezone.utc))}
+        t.users.put(uid, fields, self._bump(t))
+        t.passwords[uid] = dict(profile)
+        return Response(201, {"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#users/$entity",
+                              **t.users.items[uid]})
+
+    def _assign_license(self, req: Request, t: _Tenant, uid: str) -> Response:
+        body = req.json()
+        add, remove = body["addLicenses"], body["removeLicenses"]
+        if not isinstance(add, list) or not isinstance(remove, list):
+            raise ValueError("addLicenses and removeLicenses must be lists")
+        known = {sku for sku, _, _ in SKUS}
+        for sku in [a.get("skuId") for a in add] + list(remove):
+            if sku not in known:
+                return _error(400, "Request_BadRequest", f"License {sku} does not correspond to a valid company "
+                                                         f"License.")
+        user = t.users.items[uid]
+        if add and not user.get("usageLocation"):
+            return _error(400, "Request_BadRequest", "License assignment cannot be done for user with invalid "
+                                                     "usage location.")
+        licences = {lic["skuId"]: lic for lic in user.get("assignedLicenses") or []}
+        for a in add:
+            licences[a["skuId"]] = {"skuId": a["skuId"], "disabledPlans": list(a.get("disabledPlans") or [])}
+        for sku in remove:
+            licences.pop(sku, None)
+        fields = {"assignedLicenses": list(licences.values())}
+        if any(sku in licences for sku, _, plans in SKUS if any(n.startswith("EXCHANGE_") for _, n in plans)) \
+                and not user.get("mail"):
+            fields["mail"] = user["userPrincipalName"]
+        t.users.put(uid, fields, self._bump(t))
+        return Response(200, {"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#users/$entity",
+                              **t.users.items[uid]})
 
 
 class _BadRequest(Exception):

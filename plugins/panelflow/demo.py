@@ -163,7 +163,7 @@ def load_billing_demo(conn, customers: int, today, due_day=None, per_customer: i
             conn.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))")
 
 
-def load_local_sandbox(conn, ports: dict[str, int]) -> None:
+def load_local_sandbox(conn, ports: dict[str, int], graph_tenants: list[str] | None = None) -> None:
     """What ``make run`` itself offers to the threads that probe or sync: monitors on its own
     components (the API server's health page, the SMTP sink, PostgreSQL, the sandboxes) and the
     sandbox registrar as a registrar account. Once (names are unique)."""
@@ -187,6 +187,10 @@ def load_local_sandbox(conn, ports: dict[str, int]) -> None:
                      " ON CONFLICT DO NOTHING")
         conn.execute("INSERT INTO csp_profiles (name, conn_id, country) VALUES ('Sandbox CSP', 'partner_center', 'GB')"
                      " ON CONFLICT DO NOTHING")
+        for i, tenant in enumerate(graph_tenants or ()):  # the Microsoft sandbox's tenants, linked to customers
+            conn.execute("INSERT INTO m365_tenants (tenant_id, conn_id, customer_id) SELECT %s, %s, min(id)"
+                         " FROM customers WHERE id > %s ON CONFLICT (tenant_id) DO NOTHING",
+                         (tenant, f"m365_tenant_{i}", i))
         conn.execute("INSERT INTO monitors (name, kind, server_id, params) SELECT 'Microsoft sandbox', 'tcp', id, %s"
                      " FROM servers WHERE name = 'panelflow' ON CONFLICT (name) DO NOTHING",
                      (Jsonb({"host": "127.0.0.1", "port": ports["microsoft"]}),))
@@ -215,6 +219,8 @@ def main() -> None:
     p.add_argument("--customers", type=int, default=200)
     p.add_argument("--local-ports", metavar="api=8080,smtp=8025,…",
                    help="make run's ports: also add monitors of its components and the sandbox registrar")
+    p.add_argument("--graph-tenants", metavar="ID,ID", default="",
+                   help="the Microsoft sandbox's tenant ids (connections m365_tenant_<i>)")
     a = p.parse_args()
     if a.url is None:
         from panelflow.db import url_from_connection
@@ -225,7 +231,7 @@ def main() -> None:
     if a.local_ports:
         ports = {k: int(v) for k, v in (item.split("=") for item in a.local_ports.split(","))}
         with psycopg.connect(sqlalchemy_url(a.url).replace("postgresql+psycopg://", "postgresql://")) as conn:
-            load_local_sandbox(conn, ports)
+            load_local_sandbox(conn, ports, [t for t in a.graph_tenants.split(",") if t])
 
 
 if __name__ == "__main__":

@@ -39,6 +39,9 @@ COMPONENTS = {
 }
 
 
+GRAPH_TENANTS = 2  # the Microsoft sandbox's default --graph-tenants
+
+
 class Supervisor:
     def __init__(self) -> None:
         self.home = Path(os.environ.get("PANELFLOW_HOME", ROOT / ".panelflow")).resolve()
@@ -99,6 +102,7 @@ class Supervisor:
                 "extra": {"tenant_id": "sandbox-partner", "authority": f"http://127.0.0.1:{self.microsoft_port}",
                           "timeout": 10},
             }),
+            **self._graph_tenant_connections(),
             AIRFLOW_CONN_AZURE_RETAIL_PRICES=json.dumps({
                 "conn_type": "panelflow_azure_retail_prices", "host": "127.0.0.1", "port": self.microsoft_port,
                 "schema": "http", "extra": {"currencies": ["USD", "GBP"], "timeout": 30},
@@ -115,12 +119,28 @@ class Supervisor:
         )
         return env
 
+    def _graph_tenant_connections(self) -> dict[str, str]:
+        """One ``msgraph`` connection per tenant the Microsoft sandbox generates (deterministic
+        ids and sandbox-only app secrets), as ``AIRFLOW_CONN_M365_TENANT_<i>``."""
+        import importlib.util
+
+        name = "panelflow_sandbox_microsoft"  # the name the sandbox's modules share it under
+        if name not in sys.modules:
+            spec = importlib.util.spec_from_file_location(name, ROOT / "include" / "sandbox" / "microsoft.py")
+            sys.modules[name] = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(sys.modules[name])
+        microsoft = sys.modules[name]
+        graph = microsoft.load("microsoft_graph").GraphApi(microsoft.TokenIssuer(), tenants=GRAPH_TENANTS,
+                                                             users_per_tenant=1, groups_per_tenant=1)
+        url = f"http://127.0.0.1:{self.microsoft_port}"
+        return {f"AIRFLOW_CONN_M365_TENANT_{i}": json.dumps(graph.connection(i, url)) for i in range(GRAPH_TENANTS)}
+
     def _write_cli_env(self, env: dict[str, str]) -> None:
         """``.panelflow/env.sh``: what the airflow CLI needs to reach this set-up (``make airflow``)."""
         keys = ("AIRFLOW_HOME", "PYTHONPATH", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__API_AUTH__JWT_SECRET",
                 "AIRFLOW__API__SECRET_KEY", "AIRFLOW_CONN_PANEL_DB", "AIRFLOW_CONN_SMTP_DEFAULT",
                 "AIRFLOW_CONN_PAYMENT_GATEWAY", "AIRFLOW_CONN_REGISTRAR", "AIRFLOW_CONN_PARTNER_CENTER",
-                "AIRFLOW_CONN_AZURE_RETAIL_PRICES")
+                "AIRFLOW_CONN_AZURE_RETAIL_PRICES", *(f"AIRFLOW_CONN_M365_TENANT_{i}" for i in range(GRAPH_TENANTS)))
         path = self.home / "env.sh"
         path.write_text("".join(f"export {k}={shlex.quote(env[k])}\n" for k in keys))
         path.chmod(0o600)
@@ -154,7 +174,9 @@ class Supervisor:
             ports = {"api": self.api_port, "smtp": self.smtp_port, "pg": urllib.parse.urlsplit(server).port or 5432, "gateway": self.gateway_port,
                      "registrar": self.registrar_port, "microsoft": self.microsoft_port}
             self._run(env, py, "-m", "panelflow.demo", server + "/panel", "--customers", "200",
-                      "--local-ports", ",".join(f"{k}={v}" for k, v in ports.items()))
+                      "--local-ports", ",".join(f"{k}={v}" for k, v in ports.items()),
+                      "--graph-tenants", ",".join(json.loads(env[f"AIRFLOW_CONN_M365_TENANT_{i}"])["extra"]["tenant_id"]
+                                                  for i in range(GRAPH_TENANTS)))
             flag.write_text("1")
         self._run(env, py, "-m", "panelflow.pools")
         self._run(env, py, "-m", "airflow", "dags", "reserialize")

@@ -416,3 +416,126 @@ def _error_of(content: bytes) -> tuple[str | None, str]:
 def _message(content: bytes) -> str:
     code, message = _error_of(content)
     return f"{code}: {message}" if code else message
+
+
+# -- writes and tokens (Office365Work) -------------------------------------------------------------
+
+@dataclass
+class Answer:
+    """A non-GET request's answer: its 2xx status and JSON body (None for an empty 204)."""
+    status: int
+    body: dict | None
+
+
+async def _send(self: MicrosoftGraphHook, method: str, url: str, *, body: dict | None = None,
+                headers: dict[str, str] | None = None) -> Answer:
+    """``method`` on one URL with the same policies as :meth:`MicrosoftGraphHook.get` (401: one new token;
+    429/5xx/transport errors: retried with Retry-After or backoff; another 4xx: :class:`GraphRequestRejected`
+    with its status and Graph's error code) → :class:`Answer`.
+
+    A retried POST may have been applied by Graph although its answer was lost: callers make their writes
+    idempotent by a natural key (a user's userPrincipalName, a member already present) — see
+    :mod:`panelflow.steps.office365`.
+    """
+    import httpx
+    from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
+    from kiota_http.middleware.options import ResponseHandlerOption, RetryHandlerOption
+
+    refreshed = False
+    attempt = 0
+    while True:
+        try:
+            adapter = await self.get_async_conn()
+        except ValueError as exc:
+            raise GraphAuthenticationError(f"{self.conn_id}: {exc}") from exc
+        full = url if url.startswith("http") else adapter.base_url.rstrip("/") + "/" + url.lstrip("/")
+        try:
+            await self.assert_allowed_host(full)
+        except ValueError as exc:
+            raise GraphMalformedResponse(f"{self.conn_id}: {exc}", url=full) from exc
+        info = self.request_information(url=full, method=method, headers=headers, data=body)
+        info.request_options[ResponseHandlerOption.get_key()] = ResponseHandlerOption(_RawHandler())
+        info.add_request_options([RetryHandlerOption(should_retry=False)])
+        self.stats.requests += 1
+        try:
+            status, resp_headers, content = await adapter.send_no_response_content_async(info, None)
+        except ClientAuthenticationError as exc:
+            raise GraphAuthenticationError(
+                f"{self.conn_id}: tenant {self.tenant_id}: credentials refused: {exc.message}", url=full) from exc
+        except (httpx.TransportError, ServiceRequestError) as exc:
+            status, resp_headers, content = None, {}, repr(exc).encode()
+        self.stats.by_status[status] = self.stats.by_status.get(status, 0) + 1
+        if status is not None and 200 <= status < 300:
+            if not content:
+                return Answer(status, None)
+            try:
+                parsed = json.loads(content)
+            except ValueError as exc:
+                raise GraphMalformedResponse(f"{self.conn_id}: {method} {full}: answer is not JSON ({exc})",
+                                             url=full) from exc
+            if not isinstance(parsed, dict):
+                raise GraphMalformedResponse(f"{self.conn_id}: {method} {full}: answer is not a JSON object", url=full)
+            return Answer(status, parsed)
+        if status == 401:
+            if refreshed:
+                raise GraphAuthenticationError(
+                    f"{self.conn_id}: tenant {self.tenant_id}: 401 again with a fresh token: {_message(content)}",
+                    status=401, url=full)
+            refreshed = True
+            self.stats.token_refreshes += 1
+            await self._drop_token()
+            continue
+        if status is None or status in RETRY_STATUSES:
+            if status in (429, 503):
+                self.stats.throttled += 1
+            if attempt >= self.policy["max_retries"]:
+                raise GraphUnavailable(f"{self.conn_id}: {status or 'no answer'} after {attempt + 1} tries of "
+                                       f"{method} {full}: {_message(content)}", status=status, url=full)
+            wait = self._delay(attempt, resp_headers.get("retry-after"))
+            attempt += 1
+            self.stats.retried += 1
+            self.stats.waited_seconds += wait
+            await self._sleep(wait)
+            continue
+        code, message = _error_of(content)
+        raise GraphRequestRejected(f"{self.conn_id}: {status} {code or ''} for {method} {full}: {message}",
+                                   status=status, code=code, url=full)
+
+
+async def _renew_token(self: MicrosoftGraphHook):
+    """A token for this tenant through its connection, renewed now (the cached one dropped first when the
+    credential is panelflow's loopback one; azure-identity renews its own before expiry) → ``AccessToken``
+    (``.token``, ``.expires_on`` epoch seconds). Refused credentials: :class:`GraphAuthenticationError`;
+    token endpoint unreachable: :class:`GraphUnavailable`."""
+    from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
+
+    try:
+        adapter = await self.get_async_conn()
+    except ValueError as exc:
+        raise GraphAuthenticationError(f"{self.conn_id}: {exc}") from exc
+    provider = adapter._authentication_provider.access_token_provider
+    if self._credential is not None:
+        self._credential.forget()
+    try:
+        token = await provider._credentials.get_token(*provider._scopes)
+    except ClientAuthenticationError as exc:
+        raise GraphAuthenticationError(
+            f"{self.conn_id}: tenant {self.tenant_id}: credentials refused: {exc.message}") from exc
+    except ServiceRequestError as exc:
+        raise GraphUnavailable(f"{self.conn_id}: tenant {self.tenant_id}: token endpoint: {exc}") from exc
+    self.stats.token_refreshes += 1
+    return token
+
+
+def forget_cached_tokens(tenant_id: str) -> int:
+    """Drop the process's cached loopback tokens of one tenant (any app, any scope) → how many."""
+    part = f"/{tenant_id}/oauth2/"
+    with _TOKENS_LOCK:
+        keys = [k for k in _TOKENS if part in k[0]]
+        for k in keys:
+            del _TOKENS[k]
+    return len(keys)
+
+
+MicrosoftGraphHook.send = _send
+MicrosoftGraphHook.renew_token = _renew_token

@@ -474,10 +474,34 @@ def _run_tenants(panel_db, interval, params, log, job, label: str) -> dict:
             conn.execute("UPDATE m365_tenants SET last_sync_started_at = now() WHERE enabled")
     report.add("tenants", len(tenants))
     notes = []
-    workers = max(1, min(int((params or {}).get("tenant_concurrency") or CONCURRENCY), len(tenants) or 1))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"m365-{label}") as pool:
-        futures = {pool.submit(_in_thread, panel_db, t, c, interval.end, job): (t, c) for t, c in tenants}
-        for future in as_completed(futures):
+    default = CONCURRENCY if label == "sync" else 1
+    workers = max(1, min(int((params or {}).get("tenant_concurrency") or default), len(tenants) or 1))
+    # In an Airflow task, connections are fetched through the task supervisor's channel, which
+    # only the task's own thread may use: with one worker the tenants run inline on that thread.
+    # (Office365SyncWork's DAG gets its parallelism from one mapped task per tenant instead.)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"m365-{label}") if workers > 1 else None
+
+    class _Done:
+        def __init__(self, fn):
+            try:
+                self.value, self.error = fn(), None
+            except Exception as exc:  # noqa: BLE001 - re-raised by result(), as a future does
+                self.value, self.error = None, exc
+
+        def result(self):
+            if self.error is not None:
+                raise self.error
+            return self.value
+
+    def submit(t, c):
+        if pool is not None:
+            return pool.submit(_in_thread, panel_db, t, c, interval.end, job)
+        return _Done(lambda: _in_thread(panel_db, t, c, interval.end, job))
+
+    try:
+        futures = {submit(t, c): (t, c) for t, c in tenants}
+        done = as_completed(futures) if pool is not None else list(futures)
+        for future in done:
             tenant_id, conn_id = futures[future]
             try:
                 counts = future.result()
@@ -491,6 +515,9 @@ def _run_tenants(panel_db, interval, params, log, job, label: str) -> dict:
             notes += [f"tenant {tenant_id}: {n}" for n in counts.pop("_notes", [])]
             for key, n in counts.items():
                 report.add(key, n)
+    finally:
+        if pool is not None:
+            pool.shutdown()
     report.counts.setdefault("tenants_synced", 0)
     report.counts.setdefault("tenants_failed", 0)
     summary = report.as_dict()

@@ -1,0 +1,520 @@
+"""Office365Work: the O365/CSP group-action queue and the tenants' token sessions.
+
+Steps (catalog ``Office365Work``; step 5, subscription renewals, is in :mod:`panelflow.steps.partner_center`):
+
+1. :func:`process_o365_group_actions` — works ``group_action_jobs`` rows of backend ``o365`` as
+   real Microsoft Graph calls (through the tenant's ``msgraph`` connection, ``m365_tenants.conn_id``)
+   or Partner Center calls (through the CSP profile's connection), recording each job's outcome.
+2. :func:`clear_powershell_runspaces` — there is no PowerShell here: the legacy step closed idle
+   remote PowerShell sessions. What this service keeps per tenant is a token session
+   (``m365_tenant_tokens``, 0014, and the hook's in-process token/adapter cache); a tenant not
+   used for ``o365_session_idle_minutes`` is closed: its cached token and adapter are dropped and
+   its token is no longer renewed until the tenant is used again.
+3. :func:`renew_tenant_access_tokens` — every enabled tenant whose session is open (or that has
+   none yet) gets a new token through its connection before the recorded one expires; the time,
+   expiry, or the error, is recorded per tenant. A failing tenant is named; the others are renewed.
+   The step fails only when every due tenant failed and no enabled tenant holds a valid token.
+
+Step 4 (``renew_direct_routing_tokens``, "Renew O365 tenant direct routing and tokens") is not
+built: Teams direct routing (online PSTN gateways, voice routes) is managed only through the Teams
+PowerShell module (``Set-CsOnlinePSTNGateway`` …); Microsoft Graph v1.0 has no API for it, so there
+is no real API shape to emulate.
+
+Jobs (``group_action_jobs``, backend ``o365``). Payload keys per action::
+
+    create_user          tenant_id, user_principal_name, display_name, password,
+                         mail_nickname?, usage_location?, account_enabled? (true), force_change? (true)
+    assign_licence       tenant_id, user (id or UPN), add? [skuId | {skuId, disabledPlans}], remove? [skuId]
+    reset_password       tenant_id, user, password, force_change? (true)
+    delete_user          tenant_id, user
+    add_group_member     tenant_id, group_id, member (id or UPN)
+    remove_group_member  tenant_id, group_id, member
+    suspend_subscription subscription_id (the panel's subscriptions.id, as ProvisioningWork queues it)
+                         or partner_subscription_id
+    resume_subscription  same
+
+Claiming: up to ``o365_jobs_per_run`` (50) pending rows, by priority then id, ``FOR UPDATE SKIP
+LOCKED``, are set ``running`` (``attempts`` + 1, ``started_at``) and committed before any call, so
+two workers never take the same job. Each job's outcome is committed as soon as it is known:
+``succeeded`` with ``result``, ``failed`` with ``error``, or — Graph/Partner Center unavailable or
+credentials refused — back to ``pending`` with the error, retried next run until
+``o365_job_max_attempts`` (5) attempts, then ``failed``. A password is removed from the payload
+once the job is finished (it is kept only while the job may be retried).
+
+Exactly once. A worker killed after its call but before recording leaves the job ``running``; a
+later run takes it again once it has been running ``o365_job_stale_minutes`` (30, the thread's
+timeout). Every action is therefore written so that doing it twice does it once:
+
+- create_user: the userPrincipalName is the key. The user is looked up by UPN
+  (``GET /users/{upn}``) before ``POST /users``; if it exists it is not created again (result
+  ``created: false``). A POST whose answer was lost and is resent by the hook gets Graph's "Another
+  object with the same value for property userPrincipalName already exists" — the user is then
+  read by UPN and the job succeeds with it. (A user someone else created with that UPN is
+  indistinguishable and is reported the same way.)
+- assign_licence: ``assignLicense`` sets the user's licences to a state — repeating it changes nothing.
+- reset_password: a PATCH of ``passwordProfile`` to the job's password — the same password twice.
+- delete_user / remove_group_member: a 404 means it is already gone (``already_absent: true``).
+- add_group_member: Graph's "One or more added object references already exist" means it is
+  already a member (``already_member: true``).
+- suspend/resume_subscription: a PATCH of the subscription's ``status`` — idempotent.
+
+Clock: ``interval.end`` is the step's clock (``started_at``, ``finished_at``, staleness, token
+expiry laid on it by the lifetime the token had when it was obtained).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import timedelta
+from urllib.parse import quote
+
+from panelflow.billing import StepReport
+
+BACKEND = "o365"
+JOBS_PER_RUN = 50
+MAX_ATTEMPTS = 5
+STALE_MINUTES = 30
+IDLE_MINUTES = 60
+RENEW_BEFORE_MINUTES = 15
+TOKEN_CONCURRENCY = 4
+DIRECTORY_OBJECT = "https://graph.microsoft.com/v1.0/directoryObjects/{}"
+GRAPH_ACTIONS = ("create_user", "assign_licence", "reset_password", "delete_user", "add_group_member",
+                 "remove_group_member")
+PARTNER_ACTIONS = {"suspend_subscription": "suspended", "resume_subscription": "active"}
+SECRET_KEYS = ("password",)
+
+
+class JobRejected(Exception):
+    """The job cannot be done as queued (bad payload, unknown tenant or action): failed, not retried."""
+
+
+class JobDeferred(Exception):
+    """The service could not be reached or refused the credentials: retried next run."""
+
+
+# -- 1. group actions -----------------------------------------------------------------------------
+
+_CLAIM = """
+WITH claim AS (
+    SELECT id, status AS was FROM group_action_jobs
+    WHERE backend = %(backend)s
+      AND (status = 'pending' OR (status = 'running' AND started_at <= %(stale)s))
+    ORDER BY priority, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE group_action_jobs j SET status = 'running', attempts = j.attempts + 1, started_at = %(at)s,
+       finished_at = NULL
+FROM claim WHERE j.id = claim.id
+RETURNING j.id, j.action, j.payload, j.attempts, claim.was
+"""
+
+_FINISH = """
+UPDATE group_action_jobs SET status = %(status)s, result = %(result)s, error = %(error)s,
+       finished_at = CASE WHEN %(status)s = 'pending' THEN NULL ELSE %(at)s END,
+       payload = CASE WHEN %(status)s = 'pending' THEN payload ELSE payload - %(secrets)s::text[] END
+WHERE id = %(id)s AND status = 'running'
+"""
+
+_TOUCH_TENANT = """
+INSERT INTO m365_tenant_tokens (tenant_id, last_used_at) VALUES (%(tenant)s, %(at)s)
+ON CONFLICT (tenant_id) DO UPDATE SET last_used_at = greatest(m365_tenant_tokens.last_used_at, EXCLUDED.last_used_at),
+                                      closed_at = NULL
+"""
+
+_SUBSCRIPTION = """
+SELECT s.subscription_id, c.tenant_id, p.conn_id
+FROM o365_subscriptions s JOIN csp_customers c ON c.id = s.csp_customer_id JOIN csp_profiles p ON p.id = c.profile_id
+WHERE (%(panel)s::bigint IS NOT NULL AND s.panel_subscription_id = %(panel)s::bigint)
+   OR (%(partner)s::text IS NOT NULL AND s.subscription_id = lower(%(partner)s::text))
+"""
+
+
+def _text(payload: dict, key: str, required: bool = True) -> str | None:
+    value = payload.get(key)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise JobRejected(f"payload has no {key!r}")
+        return None
+    if not isinstance(value, (str, int)):
+        raise JobRejected(f"payload {key!r} is not a string")
+    return str(value).strip()
+
+
+def _seg(value: str) -> str:
+    return quote(value, safe="@")
+
+
+class _GraphJobs:
+    """The Graph side of the queue: one hook per tenant connection, all on one event loop."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.loop = asyncio.new_event_loop()
+        self.hooks: dict[str, object] = {}
+        self.tenant_used: str | None = None     # the tenant the last job reached (for its session's activity)
+
+    def close(self) -> None:
+        async def _close():
+            for hook in self.hooks.values():
+                await hook.aclose()
+
+        try:
+            self.loop.run_until_complete(_close())
+        finally:
+            self.loop.close()
+
+    def tenant(self, payload: dict) -> tuple[str, str]:
+        tenant = _text(payload, "tenant_id").lower()
+        row = self.conn.execute("SELECT tenant_id::text, conn_id, enabled FROM m365_tenants WHERE tenant_id::text = %s",
+                                (tenant,)).fetchone()
+        if row is None:
+            raise JobRejected(f"tenant {tenant} is not linked (no m365_tenants row)")
+        if not row[2]:
+            raise JobRejected(f"tenant {tenant} is disabled")
+        return row[0], row[1]
+
+    def _hook(self, conn_id: str):
+        from panelflow.hooks.microsoft_graph import MicrosoftGraphHook
+
+        hook = self.hooks.get(conn_id)
+        if hook is None:
+            hook = self.hooks[conn_id] = MicrosoftGraphHook(conn_id)
+        return hook
+
+    def run(self, action: str, payload: dict) -> tuple[str, dict]:
+        self.tenant_used = None
+        tenant, conn_id = self.tenant(payload)
+        fresh = conn_id not in self.hooks
+        hook = self._hook(conn_id)
+        self.tenant_used = tenant
+
+        async def go():
+            if fresh:
+                await hook.__aenter__()    # forgets an adapter another (ended) loop left cached
+            return await getattr(self, action)(hook, payload)
+
+        return tenant, self.loop.run_until_complete(go())
+
+    # each action: idempotent (see the module's doc) → the job's result
+
+    @staticmethod
+    async def _user(hook, key: str) -> dict | None:
+        from panelflow.hooks.microsoft_graph import GraphRequestRejected
+
+        try:
+            return (await hook.send("GET", f"users/{_seg(key)}?$select=id,userPrincipalName")).body
+        except GraphRequestRejected as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def create_user(self, hook, p: dict) -> dict:
+        from panelflow.hooks.microsoft_graph import GraphRequestRejected
+
+        upn = _text(p, "user_principal_name")
+        if "@" not in upn:
+            raise JobRejected(f"user_principal_name {upn!r} has no domain")
+        existing = await self._user(hook, upn)
+        if existing is not None:
+            return {"user_id": existing["id"], "user_principal_name": upn, "created": False}
+        body = {"accountEnabled": bool(p.get("account_enabled", True)), "displayName": _text(p, "display_name"),
+                "mailNickname": _text(p, "mail_nickname", False) or upn.split("@", 1)[0],
+                "userPrincipalName": upn,
+                "passwordProfile": {"password": _text(p, "password"),
+                                    "forceChangePasswordNextSignIn": bool(p.get("force_change", True))}}
+        if p.get("usage_location"):
+            body["usageLocation"] = _text(p, "usage_location")
+        try:
+            created = (await hook.send("POST", "users", body=body)).body or {}
+        except GraphRequestRejected as exc:
+            if exc.status == 400 and "already exists" in str(exc):
+                # our own earlier POST, its answer lost: the user is there, by its UPN
+                existing = await self._user(hook, upn)
+                if existing is not None:
+                    return {"user_id": existing["id"], "user_principal_name": upn, "created": False}
+            raise
+        if not isinstance(created.get("id"), str):
+            raise JobDeferred(f"POST users for {upn}: the answer has no id")
+        return {"user_id": created["id"], "user_principal_name": upn, "created": True}
+
+    async def assign_licence(self, hook, p: dict) -> dict:
+        user = _text(p, "user")
+        add = []
+        for item in p.get("add") or []:
+            if isinstance(item, str):
+                add.append({"skuId": item, "disabledPlans": []})
+            elif isinstance(item, dict) and isinstance(item.get("skuId"), str):
+                add.append({"skuId": item["skuId"], "disabledPlans": list(item.get("disabledPlans") or [])})
+            else:
+                raise JobRejected(f"add: {item!r} is not a skuId")
+        remove = p.get("remove") or []
+        if not isinstance(remove, list) or not all(isinstance(r, str) for r in remove):
+            raise JobRejected("remove must be a list of skuIds")
+        if not add and not remove:
+            raise JobRejected("nothing to add or remove")
+        answer = await hook.send("POST", f"users/{_seg(user)}/assignLicense",
+                                 body={"addLicenses": add, "removeLicenses": remove})
+        body = answer.body or {}
+        return {"user_id": body.get("id"), "licences": [lic.get("skuId") for lic in body.get("assignedLicenses") or []]}
+
+    async def reset_password(self, hook, p: dict) -> dict:
+        user = _text(p, "user")
+        await hook.send("PATCH", f"users/{_seg(user)}", body={"passwordProfile": {
+            "password": _text(p, "password"), "forceChangePasswordNextSignIn": bool(p.get("force_change", True))}})
+        return {"user": user, "password_reset": True}
+
+    async def delete_user(self, hook, p: dict) -> dict:
+        from panelflow.hooks.microsoft_graph import GraphRequestRejected
+
+        user = _text(p, "user")
+        try:
+            await hook.send("DELETE", f"users/{_seg(user)}")
+        except GraphRequestRejected as exc:
+            if exc.status == 404:
+                return {"user": user, "deleted": False, "already_absent": True}
+            raise
+        return {"user": user, "deleted": True}
+
+    async def _member_id(self, hook, member: str) -> str:
+        if "@" not in member:
+            return member
+        found = await self._user(hook, member)
+        if found is None:
+            raise JobRejected(f"no user {member} in the tenant")
+        return found["id"]
+
+    async def add_group_member(self, hook, p: dict) -> dict:
+        from panelflow.hooks.microsoft_graph import GraphRequestRejected
+
+        group = _text(p, "group_id")
+        member = await self._member_id(hook, _text(p, "member"))
+        try:
+            await hook.send("POST", f"groups/{_seg(group)}/members/$ref",
+                            body={"@odata.id": DIRECTORY_OBJECT.format(member)})
+        except GraphRequestRejected as exc:
+            if exc.status == 400 and "already exist" in str(exc):
+                return {"group_id": group, "member_id": member, "added": False, "already_member": True}
+            raise
+        return {"group_id": group, "member_id": member, "added": True}
+
+    async def remove_group_member(self, hook, p: dict) -> dict:
+        from panelflow.hooks.microsoft_graph import GraphRequestRejected
+
+        group = _text(p, "group_id")
+        member = await self._member_id(hook, _text(p, "member"))
+        try:
+            await hook.send("DELETE", f"groups/{_seg(group)}/members/{_seg(member)}/$ref")
+        except GraphRequestRejected as exc:
+            if exc.status == 404:
+                return {"group_id": group, "member_id": member, "removed": False, "already_absent": True}
+            raise
+        return {"group_id": group, "member_id": member, "removed": True}
+
+
+def _partner_job(conn, hooks: dict, action: str, p: dict) -> dict:
+    from panelflow.hooks.partner_center import PartnerCenterHook
+
+    panel = p.get("subscription_id")
+    partner = p.get("partner_subscription_id")
+    if panel is None and partner is None:
+        raise JobRejected("payload has neither subscription_id nor partner_subscription_id")
+    try:
+        panel = int(panel) if panel is not None else None
+    except (TypeError, ValueError):
+        raise JobRejected(f"subscription_id {panel!r} is not a panel subscription id") from None
+    rows = conn.execute(_SUBSCRIPTION, {"panel": panel, "partner": partner}).fetchall()
+    if len(rows) != 1:
+        raise JobRejected(f"no Partner Center subscription is linked to "
+                          f"{'panel subscription ' + str(panel) if panel is not None else partner}"
+                          if not rows else f"{len(rows)} Partner Center subscriptions match")
+    sid, customer, conn_id = rows[0]
+    hook = hooks.get(conn_id)
+    if hook is None:
+        hook = hooks[conn_id] = PartnerCenterHook(conn_id)
+    status = PARTNER_ACTIONS[action]
+    response = hook.request("PATCH", f"/v1/customers/{quote(customer, safe='')}/subscriptions/{quote(sid, safe='')}",
+                            what=f"{action} of subscription {sid}", body={"status": status})
+    try:
+        answered = (response.json() or {}).get("status")
+    except ValueError:
+        answered = None
+    return {"partner_subscription_id": sid, "customer_tenant_id": customer, "status": answered or status}
+
+
+def process_o365_group_actions(panel_db, interval, params, log) -> dict:
+    """Process O365/CSP group actions."""
+    from psycopg.types.json import Jsonb
+
+    from panelflow.hooks.microsoft_graph import GraphAuthenticationError, GraphError, GraphUnavailable
+    from panelflow.hooks.partner_center import (PartnerCenterAuthenticationError, PartnerCenterError,
+                                                PartnerCenterUnavailable)
+
+    params = params or {}
+    at = interval.end
+    limit = int(params.get("o365_jobs_per_run", JOBS_PER_RUN))
+    max_attempts = int(params.get("o365_job_max_attempts", MAX_ATTEMPTS))
+    stale = at - timedelta(minutes=int(params.get("o365_job_stale_minutes", STALE_MINUTES)))
+    report = StepReport()
+    for key in ("claimed", "reclaimed", "succeeded", "failed", "retry_later"):
+        report.add(key, 0)
+    with panel_db.get_conn() as conn:
+        conn.autocommit = True
+        jobs = conn.execute(_CLAIM, {"backend": BACKEND, "at": at, "stale": stale, "limit": limit}).fetchall()
+        report.add("claimed", len(jobs))
+        graph = _GraphJobs(conn)
+        partner_hooks: dict = {}
+        try:
+            for job_id, action, payload, attempts, was in jobs:
+                if was == "running":
+                    report.add("reclaimed")
+                payload = payload if isinstance(payload, dict) else {}
+                status, result, error = "succeeded", None, None
+                graph.tenant_used = None
+                try:
+                    if action in GRAPH_ACTIONS:
+                        _, result = graph.run(action, payload)
+                    elif action in PARTNER_ACTIONS:
+                        result = _partner_job(conn, partner_hooks, action, payload)
+                    else:
+                        raise JobRejected(f"unknown o365 action {action!r}")
+                except JobRejected as exc:
+                    status, error = "failed", str(exc)
+                except (GraphUnavailable, GraphAuthenticationError, PartnerCenterUnavailable,
+                        PartnerCenterAuthenticationError, JobDeferred) as exc:
+                    status, error = ("pending" if attempts < max_attempts else "failed"), str(exc)
+                except (GraphError, PartnerCenterError) as exc:   # rejected (4xx) or malformed: not retried
+                    status, error = "failed", str(exc)
+                if status == "failed" and attempts >= max_attempts and error:
+                    error = f"attempt {attempts} of {max_attempts}: {error}"
+                conn.execute(_FINISH, {"id": job_id, "status": status, "at": at, "error": error,
+                                       "result": Jsonb(result) if result is not None else None,
+                                       "secrets": list(SECRET_KEYS)})
+                if graph.tenant_used is not None:
+                    conn.execute(_TOUCH_TENANT, {"tenant": graph.tenant_used, "at": at})
+                report.add({"pending": "retry_later"}.get(status, status))
+                report.add(f"{action}:{status}")
+                if status != "succeeded":
+                    report.skip(error.splitlines()[0][:300], f"job {job_id} ({action})")
+                if log is not None:
+                    log.info("o365 job %s (%s): %s%s", job_id, action, status, f" — {error}" if error else "")
+        finally:
+            graph.close()
+            for hook in partner_hooks.values():
+                hook.close()
+    return report.as_dict()
+
+
+# -- 2. idle sessions ("PowerShell runspaces") -------------------------------------------------------
+
+_CLOSE_IDLE = """
+UPDATE m365_tenant_tokens k SET closed_at = %(at)s, expires_at = NULL
+FROM m365_tenants t
+WHERE t.tenant_id = k.tenant_id AND k.closed_at IS NULL
+  AND (NOT t.enabled OR coalesce(greatest(k.last_used_at, k.renewed_at), '-infinity') <= %(idle)s)
+RETURNING k.tenant_id::text, t.conn_id, t.enabled
+"""
+
+
+def clear_powershell_runspaces(panel_db, interval, params) -> dict:
+    """Handle/clear PowerShell runspaces — here: close idle tenant sessions and drop their tokens."""
+    from panelflow.hooks.microsoft_graph import MicrosoftGraphHook, forget_cached_tokens
+
+    params = params or {}
+    at = interval.end
+    idle = at - timedelta(minutes=int(params.get("o365_session_idle_minutes", IDLE_MINUTES)))
+    report = StepReport()
+    for key in ("sessions_closed", "disabled_tenants", "cached_tokens_dropped", "cached_adapters_dropped"):
+        report.add(key, 0)
+    with panel_db.get_conn() as conn:
+        conn.autocommit = True
+        closed = conn.execute(_CLOSE_IDLE, {"at": at, "idle": idle}).fetchall()
+    for tenant, conn_id, enabled in closed:
+        report.add("sessions_closed")
+        if not enabled:
+            report.add("disabled_tenants")
+        report.add("cached_tokens_dropped", forget_cached_tokens(tenant))
+        if MicrosoftGraphHook.cached_request_adapters.pop(conn_id, None) is not None:
+            report.add("cached_adapters_dropped")
+    out = report.as_dict()
+    out["closed_tenants"] = sorted(t for t, _, _ in closed)
+    return out
+
+
+# -- 3. token renewal -----------------------------------------------------------------------------
+
+_DUE = """
+SELECT t.tenant_id::text, t.conn_id
+FROM m365_tenants t LEFT JOIN m365_tenant_tokens k ON k.tenant_id = t.tenant_id
+WHERE t.enabled
+  AND (k.tenant_id IS NULL
+       OR (k.closed_at IS NULL AND (k.expires_at IS NULL OR k.expires_at <= %(renew_by)s)))
+ORDER BY t.tenant_id
+"""
+
+_RENEWED = """
+INSERT INTO m365_tenant_tokens (tenant_id, renewed_at, expires_at, renewals)
+VALUES (%(tenant)s, %(at)s, %(expires)s, 1)
+ON CONFLICT (tenant_id) DO UPDATE SET renewed_at = EXCLUDED.renewed_at, expires_at = EXCLUDED.expires_at,
+    renewals = m365_tenant_tokens.renewals + 1, closed_at = NULL, last_error = NULL, last_error_at = NULL
+"""
+
+_RENEW_FAILED = """
+INSERT INTO m365_tenant_tokens (tenant_id, last_error, last_error_at) VALUES (%(tenant)s, %(error)s, %(at)s)
+ON CONFLICT (tenant_id) DO UPDATE SET last_error = EXCLUDED.last_error, last_error_at = EXCLUDED.last_error_at
+"""
+
+
+async def _renew_all(due: list[tuple[str, str]], concurrency: int) -> list[tuple[str, float | None, str | None]]:
+    from panelflow.hooks.microsoft_graph import GraphError, MicrosoftGraphHook
+
+    gate = asyncio.Semaphore(max(1, concurrency))
+
+    async def one(tenant: str, conn_id: str):
+        async with gate:
+            hook = MicrosoftGraphHook(conn_id)
+            try:
+                async with hook:
+                    token = await hook.renew_token()
+                return tenant, max(0.0, float(token.expires_on) - time.time()), None
+            except GraphError as exc:
+                return tenant, None, str(exc)
+            except Exception as exc:  # a connection that does not exist or cannot be read
+                return tenant, None, f"{conn_id}: {type(exc).__name__}: {exc}"
+
+    return await asyncio.gather(*(one(t, c) for t, c in due))
+
+
+def renew_tenant_access_tokens(panel_db, interval, params, log) -> dict:
+    """Sync and renew tenant access token."""
+    params = params or {}
+    at = interval.end
+    renew_by = at + timedelta(minutes=int(params.get("o365_token_renew_minutes", RENEW_BEFORE_MINUTES)))
+    report = StepReport()
+    for key in ("due", "renewed", "failed"):
+        report.add(key, 0)
+    with panel_db.get_conn() as conn:
+        conn.autocommit = True
+        due = conn.execute(_DUE, {"renew_by": renew_by}).fetchall()
+        report.add("due", len(due))
+        results = asyncio.run(_renew_all(due, int(params.get("tenant_concurrency", TOKEN_CONCURRENCY)))) if due else []
+        failed = []
+        for tenant, lifetime, error in results:
+            if error is None:
+                conn.execute(_RENEWED, {"tenant": tenant, "at": at, "expires": at + timedelta(seconds=lifetime)})
+                report.add("renewed")
+            else:
+                conn.execute(_RENEW_FAILED, {"tenant": tenant, "at": at, "error": error[:2000]})
+                report.add("failed")
+                report.skip(error.splitlines()[0][:300], f"tenant {tenant}")
+                failed.append(tenant)
+                if log is not None:
+                    log.warning("tenant %s: token not renewed: %s", tenant, error)
+        valid = conn.execute("SELECT count(*) FROM m365_tenant_tokens k JOIN m365_tenants t USING (tenant_id)"
+                             " WHERE t.enabled AND k.expires_at > %s", (at,)).fetchone()[0]
+    out = report.as_dict()
+    out["failed_tenants"] = failed
+    if due and len(failed) == len(due) and not valid:     # an outage, not one broken tenant: be seen
+        raise RuntimeError(f"no tenant token could be renewed ({len(failed)} tenants): {out['skipped_examples'][:3]}")
+    return out
