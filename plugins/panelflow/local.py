@@ -230,7 +230,12 @@ class Supervisor:
     def stop(self) -> None:
         """Hand the stop to the watchdog — the same staged stop it does if this process dies —
         and reap the children meanwhile, so a stopped group leader does not linger as a zombie."""
+        import psutil
+
         self.stopping = True
+        # everything started under us, seen now: a task's supervisor process may have left its
+        # component's process group (and so the watchdog's reach); it must not outlive make run
+        descendants = psutil.Process().children(recursive=True)
         if self.watchdog is not None:
             try:
                 self.watchdog.stdin.close()
@@ -250,6 +255,14 @@ class Supervisor:
         if self.pg is not None:
             self.pg.stop()
             self.pg = None
+        descendants += psutil.Process().children(recursive=True)
+        _, alive = psutil.wait_procs(descendants, timeout=10)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=5)
 
 
 # Outlives the supervisor in a session of its own. The supervisor writes each component's
