@@ -318,10 +318,18 @@ def dns_server(monkeypatch):
 @pytest.fixture
 def silent_port():
     """A UDP and a TCP port that take what is sent and never answer."""
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind(("127.0.0.1", 0))
-    tcp_sock = socket.socket()
-    tcp_sock.bind(("127.0.0.1", udp.getsockname()[1]))
+    for _ in range(50):  # a free UDP port whose number is free for TCP too (not always: try again)
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind(("127.0.0.1", 0))
+        tcp_sock = socket.socket()
+        try:
+            tcp_sock.bind(("127.0.0.1", udp.getsockname()[1]))
+            break
+        except OSError:
+            udp.close()
+            tcp_sock.close()
+    else:
+        raise RuntimeError("no port free for both UDP and TCP")
     tcp_sock.listen(64)  # the kernel completes connects; nobody ever reads
     yield udp.getsockname()[1]
     udp.close()
