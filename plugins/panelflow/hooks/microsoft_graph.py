@@ -302,6 +302,19 @@ class MicrosoftGraphHook(KiotaRequestAdapterHook):
 
     async def get(self, url: str, *, headers: dict[str, str] | None = None, collection: bool = True) -> Page:
         """GET one URL (relative to ``base_url`` or absolute) with the policies above → :class:`Page`."""
+        status, full, content = await self._exchange("GET", url, headers=headers, accept=lambda s: s == 200,
+                                                     delta_aware=True, name_method=False)
+        return self._page(full, content, collection)
+
+    async def _exchange(self, method: str, url: str, *, headers: dict[str, str] | None = None,
+                        body: dict | None = None, accept, delta_aware: bool = False,
+                        name_method: bool = True) -> tuple[int, str, bytes]:
+        """One request under the policies above, until a status ``accept`` takes → (status, full URL, body).
+
+        401: one new token, then an error; 429/5xx/transport errors: retried with Retry-After or
+        backoff, bounded; anything else: :class:`GraphRequestRejected` (:class:`DeltaExpired` for an
+        expired delta link when ``delta_aware``). Errors name ``method url`` (just the URL: ``name_method=False``).
+        """
         import httpx
         from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
         from kiota_http.middleware.options import ResponseHandlerOption, RetryHandlerOption
@@ -314,11 +327,12 @@ class MicrosoftGraphHook(KiotaRequestAdapterHook):
             except ValueError as exc:    # e.g. a plain-http authority that is not loopback
                 raise GraphAuthenticationError(f"{self.conn_id}: {exc}") from exc
             full = url if url.startswith("http") else adapter.base_url.rstrip("/") + "/" + url.lstrip("/")
+            where = f"{method} {full}" if name_method else full
             try:
                 await self.assert_allowed_host(full)
             except ValueError as exc:
                 raise GraphMalformedResponse(f"{self.conn_id}: {exc}", url=full) from exc
-            info = self.request_information(url=full, headers=headers)
+            info = self.request_information(url=full, method=method, headers=headers, data=body)
             info.request_options[ResponseHandlerOption.get_key()] = ResponseHandlerOption(_RawHandler())
             info.add_request_options([RetryHandlerOption(should_retry=False)])
             self.stats.requests += 1
@@ -330,8 +344,8 @@ class MicrosoftGraphHook(KiotaRequestAdapterHook):
             except (httpx.TransportError, ServiceRequestError) as exc:
                 status, resp_headers, content = None, {}, repr(exc).encode()
             self.stats.by_status[status] = self.stats.by_status.get(status, 0) + 1
-            if status == 200:
-                return self._page(full, content, collection)
+            if status is not None and accept(status):
+                return status, full, content
             if status == 401:
                 if refreshed:
                     raise GraphAuthenticationError(
@@ -346,7 +360,7 @@ class MicrosoftGraphHook(KiotaRequestAdapterHook):
                     self.stats.throttled += 1
                 if attempt >= self.policy["max_retries"]:
                     raise GraphUnavailable(
-                        f"{self.conn_id}: {status or 'no answer'} after {attempt + 1} tries of {full}: "
+                        f"{self.conn_id}: {status or 'no answer'} after {attempt + 1} tries of {where}: "
                         f"{_message(content)}", status=status, url=full)
                 wait = self._delay(attempt, resp_headers.get("retry-after"))
                 attempt += 1
@@ -355,8 +369,9 @@ class MicrosoftGraphHook(KiotaRequestAdapterHook):
                 await self._sleep(wait)
                 continue
             code, message = _error_of(content)
-            cls = DeltaExpired if status == 410 or code in ("syncStateNotFound", "resyncRequired") else GraphRequestRejected
-            raise cls(f"{self.conn_id}: {status} {code or ''} for {full}: {message}", status=status, code=code, url=full)
+            expired = delta_aware and (status == 410 or code in ("syncStateNotFound", "resyncRequired"))
+            cls = DeltaExpired if expired else GraphRequestRejected
+            raise cls(f"{self.conn_id}: {status} {code or ''} for {where}: {message}", status=status, code=code, url=full)
 
     def _page(self, url: str, content: bytes, collection: bool) -> Page:
         try:
@@ -437,69 +452,17 @@ async def _send(self: MicrosoftGraphHook, method: str, url: str, *, body: dict |
     idempotent by a natural key (a user's userPrincipalName, a member already present) — see
     :mod:`panelflow.steps.office365`.
     """
-    import httpx
-    from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
-    from kiota_http.middleware.options import ResponseHandlerOption, RetryHandlerOption
-
-    refreshed = False
-    attempt = 0
-    while True:
-        try:
-            adapter = await self.get_async_conn()
-        except ValueError as exc:
-            raise GraphAuthenticationError(f"{self.conn_id}: {exc}") from exc
-        full = url if url.startswith("http") else adapter.base_url.rstrip("/") + "/" + url.lstrip("/")
-        try:
-            await self.assert_allowed_host(full)
-        except ValueError as exc:
-            raise GraphMalformedResponse(f"{self.conn_id}: {exc}", url=full) from exc
-        info = self.request_information(url=full, method=method, headers=headers, data=body)
-        info.request_options[ResponseHandlerOption.get_key()] = ResponseHandlerOption(_RawHandler())
-        info.add_request_options([RetryHandlerOption(should_retry=False)])
-        self.stats.requests += 1
-        try:
-            status, resp_headers, content = await adapter.send_no_response_content_async(info, None)
-        except ClientAuthenticationError as exc:
-            raise GraphAuthenticationError(
-                f"{self.conn_id}: tenant {self.tenant_id}: credentials refused: {exc.message}", url=full) from exc
-        except (httpx.TransportError, ServiceRequestError) as exc:
-            status, resp_headers, content = None, {}, repr(exc).encode()
-        self.stats.by_status[status] = self.stats.by_status.get(status, 0) + 1
-        if status is not None and 200 <= status < 300:
-            if not content:
-                return Answer(status, None)
-            try:
-                parsed = json.loads(content)
-            except ValueError as exc:
-                raise GraphMalformedResponse(f"{self.conn_id}: {method} {full}: answer is not JSON ({exc})",
-                                             url=full) from exc
-            if not isinstance(parsed, dict):
-                raise GraphMalformedResponse(f"{self.conn_id}: {method} {full}: answer is not a JSON object", url=full)
-            return Answer(status, parsed)
-        if status == 401:
-            if refreshed:
-                raise GraphAuthenticationError(
-                    f"{self.conn_id}: tenant {self.tenant_id}: 401 again with a fresh token: {_message(content)}",
-                    status=401, url=full)
-            refreshed = True
-            self.stats.token_refreshes += 1
-            await self._drop_token()
-            continue
-        if status is None or status in RETRY_STATUSES:
-            if status in (429, 503):
-                self.stats.throttled += 1
-            if attempt >= self.policy["max_retries"]:
-                raise GraphUnavailable(f"{self.conn_id}: {status or 'no answer'} after {attempt + 1} tries of "
-                                       f"{method} {full}: {_message(content)}", status=status, url=full)
-            wait = self._delay(attempt, resp_headers.get("retry-after"))
-            attempt += 1
-            self.stats.retried += 1
-            self.stats.waited_seconds += wait
-            await self._sleep(wait)
-            continue
-        code, message = _error_of(content)
-        raise GraphRequestRejected(f"{self.conn_id}: {status} {code or ''} for {method} {full}: {message}",
-                                   status=status, code=code, url=full)
+    status, full, content = await self._exchange(method, url, headers=headers, body=body,
+                                                 accept=lambda s: 200 <= s < 300)
+    if not content:
+        return Answer(status, None)
+    try:
+        parsed = json.loads(content)
+    except ValueError as exc:
+        raise GraphMalformedResponse(f"{self.conn_id}: {method} {full}: answer is not JSON ({exc})", url=full) from exc
+    if not isinstance(parsed, dict):
+        raise GraphMalformedResponse(f"{self.conn_id}: {method} {full}: answer is not a JSON object", url=full)
+    return Answer(status, parsed)
 
 
 async def _renew_token(self: MicrosoftGraphHook):
