@@ -38,17 +38,19 @@ nothing twice. Every request carries the hook's ``MS-CorrelationId``.
 from __future__ import annotations
 
 import json
-import random
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from decimal import Decimal
-from email.utils import parsedate_to_datetime
 from typing import Any, Iterator
 from urllib.parse import quote, urlsplit
 
 from airflow.sdk import BaseHook
+
+from panelflow.hooks._retrying_http import Retryable as _Retryable
+from panelflow.hooks._retrying_http import RetryingHttp as _RetryingHttpBase
+from panelflow.hooks._retrying_http import retry_after
 
 DEFAULT_BASE_URL = "https://api.partnercenter.microsoft.com"
 DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
@@ -84,12 +86,6 @@ class PartnerCenterNotFound(PartnerCenterRequestError):
 
 class PartnerCenterResponseError(PartnerCenterError):
     """An answer that is not what the API documents (a malformed page)."""
-
-
-class _Retryable(Exception):
-    def __init__(self, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 # -- resources ------------------------------------------------------------------------------------
@@ -201,50 +197,8 @@ class Page:
 # -- shared HTTP plumbing (the Azure Retail Prices hook uses it too) ------------------------------
 
 
-class RetryingHttp:
-    """Retry settings from a connection's extras, and the tenacity loop honouring ``Retry-After``."""
-
-    DEFAULT_TIMEOUT = 30.0
-    DEFAULT_RETRIES = 6
-    DEFAULT_BACKOFF = 1.0
-    DEFAULT_MAX_RETRY_WAIT = 120.0
-
-    _sleep: Any
-    _settings: dict[str, float]
-
-    def _read_settings(self, extra: dict[str, Any]) -> None:
-        self._settings = {
-            "timeout": max(0.1, float(extra.get("timeout", self.DEFAULT_TIMEOUT))),
-            "retries": max(1, int(extra.get("retries", self.DEFAULT_RETRIES))),
-            "backoff": max(0.0, float(extra.get("backoff", self.DEFAULT_BACKOFF))),
-            "max_retry_wait": max(0.0, float(extra.get("max_retry_wait", self.DEFAULT_MAX_RETRY_WAIT))),
-        }
-
-    def _wait(self, retry_state) -> float:
-        exc = retry_state.outcome.exception()
-        cap = self._settings["max_retry_wait"]
-        if getattr(exc, "retry_after", None) is not None:
-            return min(exc.retry_after, cap)
-        base = self._settings["backoff"] * 2 ** (retry_state.attempt_number - 1)
-        return min(base + random.uniform(0, base / 10), cap)
-
-    def _retrying(self):
-        from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
-
-        return Retrying(stop=stop_after_attempt(int(self._settings["retries"])), wait=self._wait, sleep=self._sleep,
-                        retry=retry_if_exception_type(_Retryable), reraise=True)
-
-    @staticmethod
-    def _send(client, method: str, url: str, **kwargs):
-        """One HTTP exchange; a timeout or lost connection is retryable."""
-        import httpx
-
-        try:
-            return client.request(method, url, **kwargs)
-        except httpx.TimeoutException as exc:
-            raise _Retryable(f"no answer in time ({type(exc).__name__})") from exc
-        except httpx.TransportError as exc:
-            raise _Retryable(f"{type(exc).__name__}: {exc}") from exc
+class RetryingHttp(_RetryingHttpBase):
+    """The shared retrying plumbing, plus which Partner Center / Retail Prices answers are worth retrying."""
 
     @staticmethod
     def _busy(response) -> _Retryable | None:
@@ -253,10 +207,6 @@ class RetryingHttp:
             return _Retryable(f"HTTP {response.status_code} {error_message(response)}".strip(),
                               retry_after(response.headers.get("Retry-After")))
         return None
-
-    def _attempts(self) -> str:
-        n = int(self._settings["retries"])
-        return f"gave up after {n} attempt{'s' if n > 1 else ''}"
 
 
 def base_url_of(conn, conn_id: str, default: str) -> str:
@@ -645,24 +595,6 @@ def error_message(response) -> str:
         return str(error.get("message") or error.get("Message") or error.get("code") or response.reason_phrase)
     return str(payload.get("description") or payload.get("error_description") or error or response.reason_phrase
                or "")
-
-
-def retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header: a number of seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
 def _iso(value) -> str | None:

@@ -33,15 +33,15 @@ documented JSON :class:`RegistrarResponseError` — none of these retried.
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 
 from airflow.sdk import BaseHook
+
+from panelflow.hooks._retrying_http import Retryable, RetryingHttp, retry_after
 
 ROLES = ("registrant", "admin", "tech", "billing")
 # what registrars call the same roles
@@ -76,12 +76,6 @@ class RegistrarNotFound(RegistrarRequestError):
 
 class RegistrarResponseError(RegistrarError):
     """An answer that is not what the API documents."""
-
-
-class _Retryable(Exception):
-    def __init__(self, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -124,7 +118,7 @@ class DomainList:
     complete: bool  # as many distinct domains as the registrar said it has (the list did not move meanwhile)
 
 
-class RegistrarHook(BaseHook):
+class RegistrarHook(RetryingHttp, BaseHook):
     """One ``httpx.Client`` per hook (connection reuse across a run's requests); ``close()`` it."""
 
     conn_name_attr = "registrar_conn_id"
@@ -213,40 +207,20 @@ class RegistrarHook(BaseHook):
 
     # -- requests -------------------------------------------------------------------------------
 
-    def _wait(self, retry_state) -> float:
-        exc = retry_state.outcome.exception()
-        cap = self._settings["max_retry_wait"]
-        if getattr(exc, "retry_after", None) is not None:
-            return min(exc.retry_after, cap)
-        base = self._settings["backoff"] * 2 ** (retry_state.attempt_number - 1)
-        return min(base + random.uniform(0, base / 10), cap)
-
     def _get(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         """The JSON object at ``path``, retrying what is worth retrying."""
-        from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
-
         client = self.get_conn()
-        attempts = int(self._settings["retries"])
-        retrying = Retrying(stop=stop_after_attempt(attempts), wait=self._wait, sleep=self._sleep,
-                            retry=retry_if_exception_type(_Retryable), reraise=True)
         try:
-            for attempt in retrying:
+            for attempt in self._retrying():
                 with attempt:
                     return self._once(client, path, params)
-        except _Retryable as exc:
+        except Retryable as exc:
             raise RegistrarUnavailable(f"registrar {self.registrar_conn_id!r}: GET {path}: {exc}"
-                                       f" (gave up after {attempts} attempt{'s' if attempts > 1 else ''})") from exc
+                                       f" ({self._attempts()})") from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _once(self, client, path: str, params: dict[str, Any] | None) -> dict[str, Any]:
-        import httpx
-
-        try:
-            response = client.get(path, params=params)
-        except httpx.TimeoutException as exc:
-            raise _Retryable(f"no answer in time ({type(exc).__name__})") from exc
-        except httpx.TransportError as exc:
-            raise _Retryable(f"{type(exc).__name__}: {exc}") from exc
+        response = self._send(client, "GET", path, params=params)
         status = response.status_code
         if status == 200:
             payload = _json(response)
@@ -256,7 +230,7 @@ class RegistrarHook(BaseHook):
             return payload
         message = _error_message(response)
         if status == 429 or status >= 500:
-            raise _Retryable(f"HTTP {status} {message}".strip(), _retry_after(response.headers.get("Retry-After")))
+            raise Retryable(f"HTTP {status} {message}".strip(), retry_after(response.headers.get("Retry-After")))
         where = f"registrar {self.registrar_conn_id!r}: GET {path}: HTTP {status}"
         if status in (401, 403):
             raise RegistrarAuthenticationError(f"{where}: the API key was refused ({message})", http_status=status)
@@ -344,23 +318,6 @@ def _error_message(response) -> str:
         return str(error.get("message") or error.get("code") or response.reason_phrase)
     return str(error or response.reason_phrase or "")
 
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header: a number of seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
 def _time(value: Any) -> datetime | None:
