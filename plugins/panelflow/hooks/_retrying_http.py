@@ -1,4 +1,5 @@
-"""Retrying HTTP for panelflow's REST hooks (Partner Center, Azure Retail Prices, the registrar).
+"""Plumbing for panelflow's REST hooks (payment gateway, registrar, Partner Center, Azure Retail
+Prices): the base URL from a connection, and retrying HTTP.
 
 Settings come from the connection's extras (``timeout``, ``retries``, ``backoff``,
 ``max_retry_wait``); a timeout, a lost connection, a 429 or a 5xx is retried by tenacity,
@@ -87,3 +88,19 @@ def retry_after(value: str | None) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
     return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def base_url_of(conn, conn_id: str, default: str | None = None, *, missing: str = "the API's base URL") -> str:
+    """The API's base URL from a connection: ``host`` as a full URL, or host + ``schema`` (http or
+    https, default https) + ``port``; no host → ``default``, or an error naming what is missing."""
+    host = (conn.host or "").strip().rstrip("/")
+    if not host:
+        if default is not None:
+            return default
+        raise ValueError(f"connection {conn_id!r} has no host ({missing})")
+    if "://" in host:
+        return host
+    scheme = (conn.schema or "https").strip().lower()
+    if scheme not in ("http", "https"):
+        raise ValueError(f"connection {conn_id!r}: schema must be http or https, not {scheme!r}")
+    return f"{scheme}://{host}:{conn.port}" if conn.port else f"{scheme}://{host}"

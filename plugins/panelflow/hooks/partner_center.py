@@ -50,7 +50,7 @@ from airflow.sdk import BaseHook
 
 from panelflow.hooks._retrying_http import Retryable as _Retryable
 from panelflow.hooks._retrying_http import RetryingHttp as _RetryingHttpBase
-from panelflow.hooks._retrying_http import retry_after
+from panelflow.hooks._retrying_http import base_url_of, retry_after
 
 DEFAULT_BASE_URL = "https://api.partnercenter.microsoft.com"
 DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
@@ -207,18 +207,6 @@ class RetryingHttp(_RetryingHttpBase):
             return _Retryable(f"HTTP {response.status_code} {error_message(response)}".strip(),
                               retry_after(response.headers.get("Retry-After")))
         return None
-
-
-def base_url_of(conn, conn_id: str, default: str) -> str:
-    host = (conn.host or "").strip().rstrip("/")
-    if not host:
-        return default
-    if "://" in host:
-        return host
-    scheme = (conn.schema or "https").strip().lower()
-    if scheme not in ("http", "https"):
-        raise ValueError(f"connection {conn_id!r}: schema must be http or https, not {scheme!r}")
-    return f"{scheme}://{host}:{conn.port}" if conn.port else f"{scheme}://{host}"
 
 
 # -- the hook -------------------------------------------------------------------------------------

@@ -26,6 +26,8 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 
+from panelflow.hooks._retrying_http import base_url_of
+
 
 class PaymentGatewayError(Exception):
     """Any failure to get an answer to a charge request."""
@@ -109,16 +111,7 @@ class PaymentGatewayHook(BaseHook):
 
     def base_url(self, conn=None) -> str:
         conn = conn or self.get_connection(self.payment_gateway_conn_id)
-        host = (conn.host or "").strip().rstrip("/")
-        if not host:
-            raise ValueError(f"connection {self.payment_gateway_conn_id!r} has no host (the gateway's base URL)")
-        if "://" in host:
-            return host
-        scheme = (conn.schema or "https").strip().lower()
-        if scheme not in ("http", "https"):
-            raise ValueError(f"connection {self.payment_gateway_conn_id!r}: schema must be http or https,"
-                             f" not {scheme!r}")
-        return f"{scheme}://{host}:{conn.port}" if conn.port else f"{scheme}://{host}"
+        return base_url_of(conn, self.payment_gateway_conn_id, missing="the gateway's base URL")
 
     def get_conn(self):
         """The hook's ``httpx.Client``: base URL, bearer key and timeout from the connection."""

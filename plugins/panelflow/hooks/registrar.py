@@ -41,7 +41,7 @@ from urllib.parse import quote
 
 from airflow.sdk import BaseHook
 
-from panelflow.hooks._retrying_http import Retryable, RetryingHttp, retry_after
+from panelflow.hooks._retrying_http import Retryable, RetryingHttp, base_url_of, retry_after
 
 ROLES = ("registrant", "admin", "tech", "billing")
 # what registrars call the same roles
@@ -152,15 +152,7 @@ class RegistrarHook(RetryingHttp, BaseHook):
     # -- connection -----------------------------------------------------------------------------
 
     def base_url(self, conn) -> str:
-        host = (conn.host or "").strip().rstrip("/")
-        if not host:
-            raise ValueError(f"connection {self.registrar_conn_id!r} has no host (the registrar API's base URL)")
-        if "://" in host:
-            return host
-        scheme = (conn.schema or "https").strip().lower()
-        if scheme not in ("http", "https"):
-            raise ValueError(f"connection {self.registrar_conn_id!r}: schema must be http or https, not {scheme!r}")
-        return f"{scheme}://{host}:{conn.port}" if conn.port else f"{scheme}://{host}"
+        return base_url_of(conn, self.registrar_conn_id, missing="the registrar API's base URL")
 
     def get_conn(self):
         """The hook's ``httpx.Client``: base URL, bearer key and timeout from the connection."""
