@@ -18,11 +18,12 @@ $(VENV)/.installed: requirements.txt
 run: $(VENV)/.installed
 	$(PY) -m panelflow.local
 
-## servers the tests start on 127.0.0.1 that no wheel brings (PostgreSQL and SMTP come from the lock)
-SYSTEM_BINARIES := dnsmasq dovecot
-SYSTEM_PACKAGES := dnsmasq-base dovecot-pop3d
+## servers the tests start on 127.0.0.1 that no wheel brings (PostgreSQL and SMTP come from the lock);
+## samba is the Active Directory domain controller of the AD tests (under CI=true a missing one fails them)
+SYSTEM_BINARIES := dnsmasq dovecot samba samba-tool
+SYSTEM_PACKAGES := dnsmasq-base dovecot-pop3d samba samba-dsdb-modules samba-vfs-modules
 system-deps:
-	@missing=""; for b in $(SYSTEM_BINARIES); do command -v $$b >/dev/null 2>&1 || test -x /usr/sbin/$$b || missing="$$missing $$b"; done; \
+	@missing=""; for b in $(SYSTEM_BINARIES); do command -v $$b >/dev/null 2>&1 || test -x /usr/sbin/$$b || test -x /usr/bin/$$b || missing="$$missing $$b"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES); \
 	  else echo "missing:$$missing — install: sudo apt-get install $(SYSTEM_PACKAGES)"; exit 1; fi; fi

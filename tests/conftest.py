@@ -239,3 +239,27 @@ def payment_gateway(monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_PAYMENT_GATEWAY", connection())
     yield gateway
     gateway.stop()
+
+
+def _sandbox(name: str):
+    import importlib.util
+
+    module_name = f"panelflow_sandbox_{name}"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, ROOT / "include" / "sandbox" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]
+
+
+@pytest.fixture
+def recorded_powershell():
+    """The PSRP boundary (include/sandbox/psrp.py): the real PsrpHook/pypsrp build real
+    CreatePipeline messages, which are decoded and recorded (``.sent``); ``.answer(script, output |
+    error= | timeout= | hang_up=)`` gives the recorded reply. ``.connection(host)`` is a psrp
+    connection's JSON for ``AIRFLOW_CONN_…``."""
+    module = _sandbox("psrp")
+    with module.RecordedPowerShell() as endpoint:
+        endpoint.connection = module.psrp_connection
+        yield endpoint
