@@ -56,6 +56,7 @@ WITH claim AS (
     SELECT id, status AS was FROM group_action_jobs
     WHERE backend = %(backend)s
       AND (status = 'pending' OR (status = 'running' AND started_at <= %(stale)s))
+      AND id <> ALL(%(done)s::bigint[])        -- a job deferred by this run waits for the next run
     ORDER BY priority, id
     LIMIT 1
     FOR UPDATE SKIP LOCKED
@@ -78,12 +79,23 @@ Handler = Callable[[str, dict], dict | None]
 
 def process_group_actions(panel_db, backend: str, handler: Handler, interval, params=None, log=None, *,
                           actions: Iterable[str] | None = None, secret_keys: Iterable[str] = SECRET_KEYS,
-                          report: StepReport | None = None) -> dict:
+                          report: StepReport | None = None, conn=None) -> dict:
     """Work ``backend``'s pending jobs through ``handler(action, payload) -> result``.
 
     ``actions``, when given, are the actions this backend knows: any other is failed without calling
-    the handler. Params: ``jobs_per_run``, ``job_max_attempts``, ``job_stale_minutes``.
+    the handler. Params: ``jobs_per_run``, ``job_max_attempts``, ``job_stale_minutes``. ``conn``: an
+    open autocommit connection the handler also uses (else one is opened here).
     """
+    if conn is None:
+        with panel_db.get_conn() as own:
+            own.autocommit = True
+            return _process(own, backend, handler, interval, params, log, actions, secret_keys, report)
+    if not conn.autocommit:
+        raise ValueError("the group-action queue needs an autocommit connection (each claim and outcome commits)")
+    return _process(conn, backend, handler, interval, params, log, actions, secret_keys, report)
+
+
+def _process(conn, backend, handler, interval, params, log, actions, secret_keys, report) -> dict:
     from psycopg.types.json import Jsonb
 
     params = params or {}
@@ -95,40 +107,40 @@ def process_group_actions(panel_db, backend: str, handler: Handler, interval, pa
     report = report or StepReport()
     for key in ("claimed", "reclaimed", "succeeded", "failed", "retry_later"):
         report.add(key, 0)
-    with panel_db.get_conn() as conn:
-        conn.autocommit = True
-        for _ in range(limit):
-            row = conn.execute(_CLAIM_ONE, {"backend": backend, "at": at, "stale": stale}).fetchone()
-            if row is None:
-                break
-            job_id, action, payload, attempts, priority, was = row
-            report.add("claimed")
-            if was == "running":
-                report.add("reclaimed")
-            payload = payload if isinstance(payload, dict) else {}
-            status, result, error = "succeeded", None, None
-            try:
-                if known is not None and action not in known:
-                    raise JobRejected(f"unknown {backend} action {action!r}")
-                result = handler(action, payload)
-            except JobRejected as exc:
-                status, error = "failed", str(exc) or type(exc).__name__
-            except JobDeferred as exc:
-                status, error = ("pending" if attempts < max_attempts else "failed"), str(exc) or type(exc).__name__
-                if status == "failed":
-                    error = f"attempt {attempts} of {max_attempts}: {error}"
-            except Exception as exc:  # noqa: BLE001 - one poisoned job must not stop the queue
-                status, error = "failed", f"{type(exc).__name__}: {exc}"
-            conn.execute(_FINISH, {"id": job_id, "status": status, "at": at, "error": error,
-                                   "result": Jsonb(result) if result is not None else None,
-                                   "secrets": list(secret_keys)})
-            report.add({"pending": "retry_later"}.get(status, status))
-            report.add(f"{action}:{status}")
-            if status != "succeeded":
-                report.skip(error.splitlines()[0][:300], f"job {job_id} ({action})")
-            if log is not None:
-                log.info("%s job %s (%s, priority %s): %s%s", backend, job_id, action, priority, status,
-                         f" — {error}" if error else "")
+    done: list[int] = []
+    for _ in range(limit):
+        row = conn.execute(_CLAIM_ONE, {"backend": backend, "at": at, "stale": stale, "done": done}).fetchone()
+        if row is None:
+            break
+        job_id, action, payload, attempts, priority, was = row
+        done.append(job_id)
+        report.add("claimed")
+        if was == "running":
+            report.add("reclaimed")
+        payload = payload if isinstance(payload, dict) else {}
+        status, result, error = "succeeded", None, None
+        try:
+            if known is not None and action not in known:
+                raise JobRejected(f"unknown {backend} action {action!r}")
+            result = handler(action, payload)
+        except JobRejected as exc:
+            status, error = "failed", str(exc) or type(exc).__name__
+        except JobDeferred as exc:
+            status, error = ("pending" if attempts < max_attempts else "failed"), str(exc) or type(exc).__name__
+            if status == "failed":
+                error = f"attempt {attempts} of {max_attempts}: {error}"
+        except Exception as exc:  # noqa: BLE001 - one poisoned job must not stop the queue
+            status, error = "failed", f"{type(exc).__name__}: {exc}"
+        conn.execute(_FINISH, {"id": job_id, "status": status, "at": at, "error": error,
+                               "result": Jsonb(result) if result is not None else None,
+                               "secrets": list(secret_keys)})
+        report.add({"pending": "retry_later"}.get(status, status))
+        report.add(f"{action}:{status}")
+        if status != "succeeded":
+            report.skip(error.splitlines()[0][:300], f"job {job_id} ({action})")
+        if log is not None:
+            log.info("%s job %s (%s, priority %s): %s%s", backend, job_id, action, priority, status,
+                     f" — {error}" if error else "")
     return report.as_dict()
 
 

@@ -33,9 +33,10 @@ Jobs (``group_action_jobs``, backend ``o365``). Payload keys per action::
                          or partner_subscription_id
     resume_subscription  same
 
-Claiming: up to ``o365_jobs_per_run`` (50) pending rows, by priority then id, ``FOR UPDATE SKIP
-LOCKED``, are set ``running`` (``attempts`` + 1, ``started_at``) and committed before any call, so
-two workers never take the same job. Each job's outcome is committed as soon as it is known:
+Claiming is the shared queue's (:mod:`panelflow.group_actions`): one job at a time, up to
+``o365_jobs_per_run`` (50) a run, by priority then id, ``FOR UPDATE SKIP LOCKED``, set ``running``
+(``attempts`` + 1, ``started_at``) and committed before any call, so two workers never take the
+same job. Each job's outcome is committed as soon as it is known:
 ``succeeded`` with ``result``, ``failed`` with ``error``, or — Graph/Partner Center unavailable or
 credentials refused — back to ``pending`` with the error, retried next run until
 ``o365_job_max_attempts`` (5) attempts, then ``failed``. A password is removed from the payload
@@ -70,6 +71,7 @@ from datetime import timedelta
 from urllib.parse import quote
 
 from panelflow.billing import StepReport
+from panelflow.group_actions import JobDeferred, JobRejected
 
 BACKEND = "o365"
 JOBS_PER_RUN = 50
@@ -85,37 +87,7 @@ PARTNER_ACTIONS = {"suspend_subscription": "suspended", "resume_subscription": "
 SECRET_KEYS = ("password",)
 
 
-class JobRejected(Exception):
-    """The job cannot be done as queued (bad payload, unknown tenant or action): failed, not retried."""
-
-
-class JobDeferred(Exception):
-    """The service could not be reached or refused the credentials: retried next run."""
-
-
 # -- 1. group actions -----------------------------------------------------------------------------
-
-_CLAIM = """
-WITH claim AS (
-    SELECT id, status AS was FROM group_action_jobs
-    WHERE backend = %(backend)s
-      AND (status = 'pending' OR (status = 'running' AND started_at <= %(stale)s))
-    ORDER BY priority, id
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE group_action_jobs j SET status = 'running', attempts = j.attempts + 1, started_at = %(at)s,
-       finished_at = NULL
-FROM claim WHERE j.id = claim.id
-RETURNING j.id, j.action, j.payload, j.attempts, claim.was
-"""
-
-_FINISH = """
-UPDATE group_action_jobs SET status = %(status)s, result = %(result)s, error = %(error)s,
-       finished_at = CASE WHEN %(status)s = 'pending' THEN NULL ELSE %(at)s END,
-       payload = CASE WHEN %(status)s = 'pending' THEN payload ELSE payload - %(secrets)s::text[] END
-WHERE id = %(id)s AND status = 'running'
-"""
 
 _TOUCH_TENANT = """
 INSERT INTO m365_tenant_tokens (tenant_id, last_used_at) VALUES (%(tenant)s, %(at)s)
@@ -345,65 +317,43 @@ def _partner_job(conn, hooks: dict, action: str, p: dict) -> dict:
 
 def process_o365_group_actions(panel_db, interval, params, log) -> dict:
     """Process O365/CSP group actions."""
-    from psycopg.types.json import Jsonb
-
+    from panelflow.group_actions import process_group_actions
     from panelflow.hooks.microsoft_graph import GraphAuthenticationError, GraphError, GraphUnavailable
     from panelflow.hooks.partner_center import (PartnerCenterAuthenticationError, PartnerCenterError,
                                                 PartnerCenterUnavailable)
 
     params = params or {}
+    queue_params = {"jobs_per_run": params.get("o365_jobs_per_run", JOBS_PER_RUN),
+                    "job_max_attempts": params.get("o365_job_max_attempts", MAX_ATTEMPTS),
+                    "job_stale_minutes": params.get("o365_job_stale_minutes", STALE_MINUTES)}
     at = interval.end
-    limit = int(params.get("o365_jobs_per_run", JOBS_PER_RUN))
-    max_attempts = int(params.get("o365_job_max_attempts", MAX_ATTEMPTS))
-    stale = at - timedelta(minutes=int(params.get("o365_job_stale_minutes", STALE_MINUTES)))
-    report = StepReport()
-    for key in ("claimed", "reclaimed", "succeeded", "failed", "retry_later"):
-        report.add(key, 0)
     with panel_db.get_conn() as conn:
         conn.autocommit = True
-        jobs = conn.execute(_CLAIM, {"backend": BACKEND, "at": at, "stale": stale, "limit": limit}).fetchall()
-        report.add("claimed", len(jobs))
         graph = _GraphJobs(conn)
         partner_hooks: dict = {}
-        try:
-            for job_id, action, payload, attempts, was in jobs:
-                if was == "running":
-                    report.add("reclaimed")
-                payload = payload if isinstance(payload, dict) else {}
-                status, result, error = "succeeded", None, None
-                graph.tenant_used = None
-                try:
-                    if action in GRAPH_ACTIONS:
-                        _, result = graph.run(action, payload)
-                    elif action in PARTNER_ACTIONS:
-                        result = _partner_job(conn, partner_hooks, action, payload)
-                    else:
-                        raise JobRejected(f"unknown o365 action {action!r}")
-                except JobRejected as exc:
-                    status, error = "failed", str(exc)
-                except (GraphUnavailable, GraphAuthenticationError, PartnerCenterUnavailable,
-                        PartnerCenterAuthenticationError, JobDeferred) as exc:
-                    status, error = ("pending" if attempts < max_attempts else "failed"), str(exc)
-                except (GraphError, PartnerCenterError) as exc:   # rejected (4xx) or malformed: not retried
-                    status, error = "failed", str(exc)
-                if status == "failed" and attempts >= max_attempts and error:
-                    error = f"attempt {attempts} of {max_attempts}: {error}"
-                conn.execute(_FINISH, {"id": job_id, "status": status, "at": at, "error": error,
-                                       "result": Jsonb(result) if result is not None else None,
-                                       "secrets": list(SECRET_KEYS)})
+
+        def handler(action: str, payload: dict) -> dict:
+            graph.tenant_used = None
+            try:
+                if action in GRAPH_ACTIONS:
+                    return graph.run(action, payload)[1]
+                return _partner_job(conn, partner_hooks, action, payload)
+            except (GraphUnavailable, GraphAuthenticationError, PartnerCenterUnavailable,
+                    PartnerCenterAuthenticationError) as exc:
+                raise JobDeferred(str(exc)) from exc
+            except (GraphError, PartnerCenterError) as exc:   # rejected (4xx) or malformed: not retried
+                raise JobRejected(str(exc)) from exc
+            finally:
                 if graph.tenant_used is not None:
                     conn.execute(_TOUCH_TENANT, {"tenant": graph.tenant_used, "at": at})
-                report.add({"pending": "retry_later"}.get(status, status))
-                report.add(f"{action}:{status}")
-                if status != "succeeded":
-                    report.skip(error.splitlines()[0][:300], f"job {job_id} ({action})")
-                if log is not None:
-                    log.info("o365 job %s (%s): %s%s", job_id, action, status, f" — {error}" if error else "")
+
+        try:
+            return process_group_actions(panel_db, BACKEND, handler, interval, queue_params, log, conn=conn,
+                                         actions=(*GRAPH_ACTIONS, *PARTNER_ACTIONS), secret_keys=SECRET_KEYS)
         finally:
             graph.close()
             for hook in partner_hooks.values():
                 hook.close()
-    return report.as_dict()
 
 
 # -- 2. idle sessions ("PowerShell runspaces") -------------------------------------------------------
