@@ -19,9 +19,11 @@ run: $(VENV)/.installed
 	$(PY) -m panelflow.local
 
 ## servers the tests start on 127.0.0.1 that no wheel brings (PostgreSQL and SMTP come from the lock);
-## samba is the Active Directory domain controller of the AD tests (under CI=true a missing one fails them)
-SYSTEM_BINARIES := dnsmasq dovecot samba samba-tool
-SYSTEM_PACKAGES := dnsmasq-base dovecot-pop3d samba samba-dsdb-modules samba-vfs-modules
+## samba is the Active Directory domain controller of the AD tests (under CI=true a missing one fails them);
+## chromium is the headless browser of the Threads Manager page tests (Playwright drives Debian's chromium)
+## redis-server is the Celery broker of the queue-routing test (tests/test_celery_routing.py)
+SYSTEM_BINARIES := dnsmasq dovecot samba samba-tool chromium redis-server
+SYSTEM_PACKAGES := dnsmasq-base dovecot-pop3d samba samba-dsdb-modules samba-vfs-modules chromium redis-server
 system-deps:
 	@missing=""; for b in $(SYSTEM_BINARIES); do command -v $$b >/dev/null 2>&1 || test -x /usr/sbin/$$b || test -x /usr/bin/$$b || missing="$$missing $$b"; done; \
 	if [ -n "$$missing" ]; then \
@@ -54,6 +56,8 @@ bench: $(VENV)/.installed
 	$(PY) bench/parse.py
 	$(PY) bench/mail.py
 	$(PY) bench/billing.py
+	$(PY) bench/o365_sync.py
+	$(PY) bench/ad_sync.py
 
 ## re-resolve requirements.in into the exact lock requirements.txt
 lock: $(VENV)/.installed

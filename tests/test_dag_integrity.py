@@ -80,7 +80,7 @@ def test_dag_attributes_follow_the_catalog(dagbag, catalog):
 
 
 def test_built_steps_and_their_dags(dagbag):
-    """Built so far: ProvisioningWork's retention deletes, SessionsMgtWork, mail, DomainVerification, BillingWork."""
+    """The threads built so far, with the shape of a few."""
     assert set(dagbag.dags["provisioning_work"].task_ids) == {
         "delete_old_service_queue_logs", "delete_old_voice_bill_records", "delete_old_temp_data",
         "delete_old_azure_rates", "delete_old_o365_reconciliation_records", "delete_old_email_logs",
@@ -108,7 +108,22 @@ def test_built_steps_and_their_dags(dagbag):
                      "usage_report_schedule_work", "quota_over_used_work", "overusage_resource_notification",
                      "monitoring_work", "sync_health_metrics_work",
                      "azure_rate_work", "sync_csp_offers", "office365_work", "reconciliate_o365_subs_work",
-                     "office365_sync_work", "o365_sync_admin_logs_work", "office365_tenant_first_sync_work"}
+                     "office365_sync_work", "o365_sync_admin_logs_work", "office365_tenant_first_sync_work",
+                     # Active Directory, Exchange, Hyper-V and Windows servers (issue 5)
+                     "sync_ad_users_work", "sync_locked_users_work", "sync_staff_users_work", "rds_sync_work",
+                     "user_password_expiry_notification_work", "auto_add_users_in_security_group_work",
+                     "group_action_work_ad", "exchange_cpu_memory_stats_work", "exchange_database_stats_work",
+                     "exchange_service_stats_work", "exchange_volume_stats_work",
+                     "exchange_mailbox_mobile_devices_report_work", "group_action_work_ex",
+                     "group_action_work_mail_box_permissions", "mail_flow_report", "mailbox_migration_work",
+                     "hyper_v_home_backend_thread", "group_action_work_vps", "server_stats_work"}
+    # every step of the issue-5 threads is built; group-action processors run in the group_actions pool
+    ad = dagbag.dags["group_action_work_ad"]
+    assert ad.get_task("process_ad_group_actions").pool == "group_actions"
+    assert ad.get_task("update_ad_extended_data").upstream_task_ids >= {"sync_ad_user_services"}
+    assert dagbag.dags["group_action_work_ex"].get_task("process_exchange_group_actions").pool == "group_actions"
+    assert dagbag.dags["group_action_work_vps"].get_task("process_vps_group_actions").pool == "group_actions"
+    assert dagbag.dags["group_action_work_ex"].get_task("process_exchange_group_actions").queue == "remoting"
     # tenants in parallel: one mapped task instance per tenant, listed when the run starts
     sync = dagbag.dags["office365_sync_work"]
     assert set(sync.task_ids) == {"sync_tenant_entities__items", "sync_tenant_entities"}

@@ -73,3 +73,12 @@ def test_windows_powershell_value_shapes():
     assert ps_datetime("2026-11-21T10:00:00.0000000Z") == datetime(2026, 11, 21, 10, tzinfo=timezone.utc)
     assert byte_count("1.295 GB (1,390,739,456 bytes)") == 1_390_739_456
     assert byte_count(42) == 42 and byte_count(None) is None
+
+
+def test_lists_and_tables_as_parameters(recorded_powershell, exchange_conn):
+    from panelflow.hooks.powershell import PowerShellHook
+
+    recorded_powershell.answer("diagnostics/echo_parameters", lambda sent: [sent.parameters])
+    sent = {"Identity": "a", "Add": ["x@example.test", "y@example.test"], "Remove": ["z@example.test"],
+            "Settings": {"MaxSendSize": 35_651_584}}
+    assert PowerShellHook(exchange_conn).run_script("diagnostics/echo_parameters", sent) == [sent]

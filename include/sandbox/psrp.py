@@ -282,11 +282,16 @@ def _commands(clixml: str, host) -> list[SentCommand]:
     from pypsrp.serializer import Serializer
 
     root = ET.fromstring(clixml)
+    serializer = Serializer()
+    # a <TNRef> may point at a type-name list defined anywhere earlier in the message (even in parts
+    # not decoded here, like MergeMyResult): register every <TN> of the message first
+    for tn in root.iter("TN"):
+        serializer.tn[tn.attrib["RefId"]] = [t.text for t in tn.findall("T")]
     cmds = root.find("./MS/Obj[@N='PowerShell']/MS/Obj[@N='Cmds']/LST")
     out = []
     for obj in (cmds if cmds is not None else []):
         ms = obj.find("MS")
-        text = Serializer().deserialize(ms.find("*[@N='Cmd']"))
+        text = serializer.deserialize(ms.find("*[@N='Cmd']"), clear=False)
         is_script = (ms.find("*[@N='IsScript']").text or "").lower() == "true"
         parameters: dict[str, Any] = {}
         arguments: list[Any] = []
@@ -294,8 +299,8 @@ def _commands(clixml: str, host) -> list[SentCommand]:
         for arg in (args if args is not None else []):
             ams = arg.find("MS")
             name_el, value_el = ams.find("*[@N='N']"), ams.find("*[@N='V']")
-            name = None if name_el is None or name_el.tag == "Nil" else Serializer().deserialize(name_el)
-            value = None if value_el is None or value_el.tag == "Nil" else Serializer().deserialize(value_el)
+            name = None if name_el is None or name_el.tag == "Nil" else serializer.deserialize(name_el, clear=False)
+            value = None if value_el is None or value_el.tag == "Nil" else serializer.deserialize(value_el, clear=False)
             if name is None:
                 arguments.append(value)
             else:

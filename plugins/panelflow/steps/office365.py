@@ -15,10 +15,9 @@ Steps (catalog ``Office365Work``; step 5, subscription renewals, is in :mod:`pan
    expiry, or the error, is recorded per tenant. A failing tenant is named; the others are renewed.
    The step fails only when every due tenant failed and no enabled tenant holds a valid token.
 
-Step 4 (``renew_direct_routing_tokens``, "Renew O365 tenant direct routing and tokens") is not
-built: Teams direct routing (online PSTN gateways, voice routes) is managed only through the Teams
-PowerShell module (``Set-CsOnlinePSTNGateway`` …); Microsoft Graph v1.0 has no API for it, so there
-is no real API shape to emulate.
+Step 4 (``renew_direct_routing_tokens``, "Renew O365 tenant direct routing and tokens") is in
+:mod:`panelflow.steps.teams_direct_routing`: Teams direct routing has no Graph API, so it runs the
+MicrosoftTeams PowerShell module on a Windows host over PowerShell remoting.
 
 Jobs (``group_action_jobs``, backend ``o365``). Payload keys per action::
 

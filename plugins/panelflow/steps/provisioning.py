@@ -921,3 +921,27 @@ def purge_expired_recovery_distribution_lists(panel_db, interval) -> dict:
                                  table="recovery_distribution_lists", column="deleted_at",
                                  cutoff=interval.end - timedelta(days=RECOVERY_DAYS), interval_end=interval.end,
                                  max_rows=MAX_RECOVERY_PURGE, batch_size=RECOVERY_PURGE_BATCH)
+
+
+def generate_threshold_alerts(panel_db, interval, params, log) -> dict:
+    """Generate O365/CSP and VPS threshold alerts: the two halves live with their backends
+    (:func:`panelflow.steps.partner_center.generate_threshold_alerts` reads licence usage from
+    Partner Center, :func:`panelflow.steps.hyperv.generate_vps_threshold_alerts` the Hyper-V samples);
+    one failing does not stop the other, and the step fails afterwards naming the half that failed."""
+    from panelflow.steps.hyperv import generate_vps_threshold_alerts
+    from panelflow.steps.partner_center import generate_threshold_alerts as licence_threshold_alerts
+
+    summary: dict = {}
+    failures = []
+    for name, run in (("o365_csp", lambda: licence_threshold_alerts(panel_db, interval, log)),
+                      ("vps", lambda: generate_vps_threshold_alerts(panel_db, interval, params, log))):
+        try:
+            summary[name] = run()
+        except Exception as exc:  # noqa: BLE001 - the other half still runs; re-raised below
+            failures.append(f"{name}: {type(exc).__name__}: {exc}")
+            summary[name] = {"error": str(exc)[:500]}
+            if log is not None:
+                log.exception("%s threshold alerts failed", name)
+    if failures:
+        raise RuntimeError("threshold alerts failed — " + "; ".join(failures))
+    return summary
