@@ -8,6 +8,9 @@ from panelflow.alerts import ThreadFailureNotifier
 from panelflow.catalog import load_catalog
 from panelflow.factory import LIST_SUFFIX, WAIT_TASK_ID
 from panelflow.operators import StepOperator
+from panelflow.run_groups import GUARD_TASK_ID, RELEASE_TASK_ID
+
+FRAME_TASKS = {WAIT_TASK_ID, GUARD_TASK_ID, RELEASE_TASK_ID}   # the tasks around a thread's steps
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +40,17 @@ def test_exactly_the_live_threads(dagbag, catalog):
 def test_every_step_is_a_task_or_reported_missing(dagbag, catalog):
     for thread in catalog.live_threads:
         dag = dagbag.dags[thread.dag_id]
-        task_ids = {t for t in dag.task_ids if t != WAIT_TASK_ID and not t.endswith(LIST_SUFFIX)}
+        task_ids = {t for t in dag.task_ids if t not in FRAME_TASKS and not t.endswith(LIST_SUFFIX)}
         runnable = {s.id for s in thread.runnable_steps()}
         assert task_ids == runnable, thread.name
+        # a thread with run groups and steps waits for its groups first and gives them back last
+        guarded = bool(thread.run_groups and runnable)
+        assert (GUARD_TASK_ID in dag.task_ids, RELEASE_TASK_ID in dag.task_ids) == (guarded, guarded), thread.name
+        if guarded:
+            release = dag.get_task(RELEASE_TASK_ID)
+            assert release.is_teardown and release.trigger_rule == "all_done_setup_success"
+            assert not {t.task_id for t in dag.tasks if not t.upstream_list} - {GUARD_TASK_ID, WAIT_TASK_ID}
+            assert not {t.task_id for t in dag.tasks if not t.downstream_list} - {RELEASE_TASK_ID}
         for step in thread.steps:
             if step.id in runnable:
                 task = dag.get_task(step.id)
@@ -52,7 +63,7 @@ def test_every_step_is_a_task_or_reported_missing(dagbag, catalog):
                 else:
                     assert isinstance(task, StepOperator) and task.run == step.run
                     assert task.task_display_name == step.seed
-                assert {u.task_id for u in task.upstream_list} - {WAIT_TASK_ID} == set(step.after)
+                assert {u.task_id for u in task.upstream_list} - FRAME_TASKS == set(step.after)
             else:
                 assert f"`{step.id}`" in dag.doc_md and "not built yet" in dag.doc_md.lower()
 
@@ -73,7 +84,9 @@ def test_dag_attributes_follow_the_catalog(dagbag, catalog):
             notifiers = [cb for cb in task.on_failure_callback if isinstance(cb, ThreadFailureNotifier)]
             assert len(notifiers) == 1 and notifiers[0].to == catalog.alert_to(thread)
             assert notifiers[0].thread == thread.name
-            if task.task_id != WAIT_TASK_ID:
+            if task.task_id in (GUARD_TASK_ID, RELEASE_TASK_ID):
+                assert task.pool == "default_pool"   # waiting in queue takes no run-group slot
+            elif task.task_id != WAIT_TASK_ID:
                 step = next(s for s in thread.steps if s.id == task.task_id.removesuffix(LIST_SUFFIX))
                 assert task.pool == (step.pool or (thread.run_groups[0] if thread.run_groups else "default_pool"))
                 assert task.pool in catalog.pools() or task.pool == "default_pool"
@@ -81,7 +94,10 @@ def test_dag_attributes_follow_the_catalog(dagbag, catalog):
 
 def test_built_steps_and_their_dags(dagbag):
     """The threads built so far, with the shape of a few."""
-    assert set(dagbag.dags["provisioning_work"].task_ids) == {
+    def steps(dag_id):
+        return set(dagbag.dags[dag_id].task_ids) - FRAME_TASKS
+
+    assert steps("provisioning_work") == {
         "delete_old_service_queue_logs", "delete_old_voice_bill_records", "delete_old_temp_data",
         "delete_old_azure_rates", "delete_old_o365_reconciliation_records", "delete_old_email_logs",
         "archive_audit_logs", "archive_o365_audit_logs",
@@ -91,14 +107,15 @@ def test_built_steps_and_their_dags(dagbag):
         "send_recovery_notifications", "purge_expired_recovery_distribution_lists",
         "process_pending_o365_subscriptions", "generate_threshold_alerts",
     }
-    assert set(dagbag.dags["sessions_mgt_work"].task_ids) == {"expire_sessions", "delete_old_session_history"}
-    assert set(dagbag.dags["send_email_notifications_work"].task_ids) == {"send_due_notifications"}
-    assert set(dagbag.dags["send_email_campaign_work"].task_ids) == {"send_campaign_emails"}
-    assert set(dagbag.dags["domain_verification"].task_ids) == {"verify_domains_by_txt_record"}
+    assert steps("sessions_mgt_work") == {"expire_sessions", "delete_old_session_history"}
+    assert steps("send_email_notifications_work") == {"send_due_notifications"}
+    assert steps("send_email_campaign_work") == {"send_campaign_emails"}
+    assert steps("domain_verification") == {"verify_domains_by_txt_record"}
     billing = dagbag.dags["billing_work"]
-    assert set(billing.task_ids) == {"reseller_commissions", "billing_process", "ocs_call_record_bills",
+    assert steps("billing_work") == {"reseller_commissions", "billing_process", "ocs_call_record_bills",
                                      "sip_billing_and_exports", "o365_price_update_notifications"}
     assert billing.get_task("reseller_commissions").upstream_task_ids == {"billing_process"}
+    assert billing.get_task("billing_process").upstream_task_ids == {GUARD_TASK_ID}   # in queue for "billing"
     assert billing.get_task("billing_process").pool == "billing"
     assert billing.get_task("sip_billing_and_exports").pool == "voice_billing"
     built = {d for d, dag in dagbag.dags.items() if dag.tasks}
@@ -126,7 +143,7 @@ def test_built_steps_and_their_dags(dagbag):
     assert dagbag.dags["group_action_work_ex"].get_task("process_exchange_group_actions").queue == "remoting"
     # tenants in parallel: one mapped task instance per tenant, listed when the run starts
     sync = dagbag.dags["office365_sync_work"]
-    assert set(sync.task_ids) == {"sync_tenant_entities__items", "sync_tenant_entities"}
+    assert steps("office365_sync_work") == {"sync_tenant_entities__items", "sync_tenant_entities"}
     mapped = sync.get_task("sync_tenant_entities")
     assert mapped.upstream_task_ids == {"sync_tenant_entities__items"} and mapped.pool == "o365_sync"
     assert type(mapped).__name__ == "MappedOperator"

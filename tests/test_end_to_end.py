@@ -28,7 +28,9 @@ def test_sessions_mgt_work_runs_green(airflow_db, panel_db, sql):
     run = dag.test(logical_date=when)
     assert run.state == "success"
     tis = {ti.task_id: ti for ti in run.get_task_instances()}
-    assert {k: ti.state for k, ti in tis.items()} == {"expire_sessions": "success", "delete_old_session_history": "success"}
+    assert {k: ti.state for k, ti in tis.items()} == {"run_group_guard": "success", "expire_sessions": "success",
+                                                      "delete_old_session_history": "success", "run_group_release": "success"}
+    assert sql("SELECT count(*) FROM run_group_leases")[0][0] == 0   # the run gave its group back
     assert [r[0] for r in sql("SELECT session_key FROM sessions")] == ["here"]
     assert [r[0] for r in sql("SELECT session_key FROM session_history")] == ["gone"]
 
@@ -44,7 +46,7 @@ def test_failed_step_mails_its_owners(airflow_db, panel_db, smtp_server, tmp_pat
             description: Expires panel sessions.
             domain: housekeeping
             schedule: {kind: periodic, every: 15, align_to: 7}
-            run_groups: [housekeeping]
+            run_groups: []   # no run-group guard: the step itself is what fails here
             nodes: [master]
             retries: 0
             alert_to: [ops-oncall@panelflow.example, dba@panelflow.example]

@@ -22,4 +22,4 @@ def test_upgrade_downgrade_upgrade(postgres):
     assert left == {"alembic_version"}
     upgrade(url)
     with psycopg.connect(url) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0020",)
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0021",)

@@ -17,18 +17,23 @@ from panelflow.alerts import ThreadFailureNotifier
 from panelflow.catalog import Catalog, load_catalog
 from panelflow.catalog.model import Thread
 from panelflow.operators import StepOperator, WaitForPendingWorkOperator
+from panelflow.overrides import ThreadOverride, applied
+from panelflow.overrides import load as load_overrides
+from panelflow.run_groups import RenewRunGroupLease, guard_run
 from panelflow.schedules import describe, timetable_for
 
 WAIT_TASK_ID = "wait_for_pending_work"
 LIST_SUFFIX = "__items"
 
 
-def build_dags(catalog: Catalog | None = None) -> dict[str, DAG]:
+def build_dags(catalog: Catalog | None = None, overrides: dict[str, ThreadOverride] | None = None) -> dict[str, DAG]:
     catalog = catalog or load_catalog()
-    return {t.dag_id: build_dag(catalog, t) for t in catalog.live_threads}
+    # the Threads Manager's overrides: one Variable read per parse, a bad entry skipped with a warning
+    overrides = load_overrides(catalog) if overrides is None else overrides
+    return {t.dag_id: build_dag(catalog, t, overrides.get(t.dag_id)) for t in catalog.live_threads}
 
 
-def _doc_md(catalog: Catalog, thread: Thread, runnable: set[str]) -> str:
+def _doc_md(catalog: Catalog, thread: Thread, runnable: set[str], catalog_schedule=None) -> str:
     """The thread's page in the UI: what it is for, how it is scheduled, which steps are built."""
     tz = catalog.settings.timezone
     replaces = [t.name for t in catalog.threads if t.legacy and t.legacy.superseded_by == thread.name]
@@ -36,7 +41,8 @@ def _doc_md(catalog: Catalog, thread: Thread, runnable: set[str]) -> str:
         f"# {thread.name}",
         thread.description,
         "",
-        f"- **schedule**: {describe(thread.schedule, tz)}",
+        f"- **schedule**: {describe(thread.schedule, tz)}"
+        + (f" (Threads Manager override; catalog: {describe(catalog_schedule, tz)})" if catalog_schedule else ""),
         f"- **run groups**: {', '.join(thread.run_groups) or '—'}",
         f"- **allowed nodes**: {', '.join(thread.nodes)}",
         f"- **priority**: {catalog.priority(thread)} (0 highest … 10 lowest)",
@@ -57,7 +63,10 @@ def _doc_md(catalog: Catalog, thread: Thread, runnable: set[str]) -> str:
     return "\n".join(lines)
 
 
-def build_dag(catalog: Catalog, thread: Thread) -> DAG:
+def build_dag(catalog: Catalog, thread: Thread, override: ThreadOverride | None = None) -> DAG:
+    catalog_schedule = thread.schedule if override and override.schedule else None
+    thread = applied(thread, override)
+    verbose = bool(override and override.verbose_logging)  # "Enable Logging": the StepOperator logs in detail
     settings = catalog.settings
     priority = catalog.priority(thread)
     built = thread.runnable_steps()
@@ -66,7 +75,7 @@ def build_dag(catalog: Catalog, thread: Thread) -> DAG:
         dag_id=thread.dag_id,
         dag_display_name=thread.name,
         description=thread.description[:200],
-        doc_md=_doc_md(catalog, thread, {s.id for s in built}),
+        doc_md=_doc_md(catalog, thread, {s.id for s in built}, catalog_schedule),
         schedule=timetable_for(thread.schedule, settings.timezone),
         start_date=pendulum.datetime(start.year, start.month, start.day, tz=settings.timezone),
         catchup=False,
@@ -85,12 +94,14 @@ def build_dag(catalog: Catalog, thread: Thread) -> DAG:
             "priority_weight": catalog.priority_weight(priority),
             "weight_rule": "absolute",
             "on_failure_callback": [ThreadFailureNotifier(thread=thread.name, to=catalog.alert_to(thread))],
+            # a run holding run-group leases renews them as each of its tasks starts (panelflow.run_groups)
+            **({"on_execute_callback": [RenewRunGroupLease()]} if thread.run_groups else {}),
         },
     )
     tasks, firsts = {}, {}
     tz = getattr(thread.schedule, "timezone", None) or settings.timezone
     for step in built:
-        common = dict(task_display_name=step.seed, timezone=tz, pool=catalog.pool(thread, step), dag=dag,
+        common = dict(task_display_name=step.seed, timezone=tz, pool=catalog.pool(thread, step), dag=dag, verbose=verbose,
                       doc_md=f"**Step {step.number}** of {thread.name}: {step.seed}\n\nRuns `{step.run}`"
                              + (f" once per item of `{step.map_over}`." if step.map_over else "."))
         if step.map_over:
@@ -105,6 +116,9 @@ def build_dag(catalog: Catalog, thread: Thread) -> DAG:
     for step in built:
         for upstream in step.after:
             tasks[upstream] >> firsts[step.id]
+    # threads sharing a run group never run at the same time: the run waits in queue for its groups
+    guard = guard_run(dag, thread.run_groups, steps=tasks.values(), firsts=firsts.values(),
+                      timeout_minutes=catalog.timeout_minutes(thread)) if thread.run_groups and tasks else None
     if thread.schedule.kind == "daemon" and tasks:
         wait = WaitForPendingWorkOperator(
             task_id=WAIT_TASK_ID,
@@ -113,7 +127,7 @@ def build_dag(catalog: Catalog, thread: Thread) -> DAG:
             retries=0,
             dag=dag,
         )
-        for t in firsts.values():
+        for t in [guard] if guard else firsts.values():  # an idle daemon waits before it queues
             if not t.upstream_list:
                 wait >> t
     return dag

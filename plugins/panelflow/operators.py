@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
+import logging
+import time
 from datetime import date, timedelta
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
@@ -66,7 +69,7 @@ _PROVIDERS = {
     "interval": lambda op, ctx: run_interval(ctx, op.timezone),
     "panel_db": lambda op, ctx: _panel_db(),
     "params": lambda op, ctx: dict(ctx.get("params") or {}),
-    "log": lambda op, ctx: op.log,
+    "log": lambda op, ctx: op.step_log,
     "item": lambda op, ctx: op.item,
 }
 assert tuple(_PROVIDERS) == STEP_INPUTS  # the catalog check and the operator agree
@@ -79,16 +82,23 @@ def _panel_db():
 
 
 class StepOperator(BaseOperator):
-    """Runs ``run`` (a ``panelflow.steps`` function) and returns its summary as the XCom value."""
+    """Runs ``run`` (a ``panelflow.steps`` function) and returns its summary as the XCom value.
+
+    ``verbose`` is MachPanel's "Enable Logging" (set from the Threads Manager): the step's logger
+    is at DEBUG — its own ``log.debug`` lines show — and the task writes what the step was given
+    and what it returned in full.
+    """
 
     template_fields = ()
     ui_color = "#e8f1fb"
 
-    def __init__(self, *, run: str, timezone: str = "UTC", item: Any = None, **kwargs):
+    def __init__(self, *, run: str, timezone: str = "UTC", item: Any = None, verbose: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.run = run
         self.timezone = timezone
         self.item = item  # a mapped instance's item (``expand(item=…)``)
+        self.verbose = verbose
+        self._debug_log = None  # this task's logger at DEBUG, when verbose
 
     def execute(self, context) -> dict[str, Any]:
         func = resolve(self.run)
@@ -96,9 +106,42 @@ class StepOperator(BaseOperator):
         unknown = [p for p in wanted if p not in _PROVIDERS]
         if unknown:
             raise TypeError(f"{self.run} asks for {unknown}; a step may take {sorted(_PROVIDERS)}")
-        summary = func(**{p: _PROVIDERS[p](self, context) for p in wanted})
+        if self.verbose:
+            self._log_at_debug()
+        inputs = {p: _PROVIDERS[p](self, context) for p in wanted}
+        if self.verbose:
+            shown = {p: v._asdict() if isinstance(v, Interval) else v for p, v in inputs.items()
+                     if p not in ("log", "panel_db")}
+            self.step_log.debug("verbose logging (Threads Manager): %s(%s) with %s", self.run, ", ".join(wanted),
+                                _dump(shown))
+            started = time.monotonic()
+        summary = func(**inputs)
+        if self.verbose:
+            self.step_log.debug("verbose logging (Threads Manager): %s returned after %.3f s: %s", self.run,
+                                time.monotonic() - started, _dump(summary))
         self.log.info("%s: %s", self.task_id, summary)
         return summary
+
+    def _log_at_debug(self) -> None:
+        """This task's logger at DEBUG (Airflow's task logger filters at ``[logging] logging_level``).
+
+        A logger of its own with Airflow's per-logger ``__level_override``: nothing else in the
+        task process, and no other task, logs more.
+        """
+        import structlog
+
+        name = f"{self._log_config_logger_name}.{type(self).__module__}.{type(self).__name__}"
+        self._debug_log = structlog.get_logger(name, **{"__level_override": logging.DEBUG})
+        self._debug_log.info("verbose logging on (Threads Manager \"Enable Logging\"): DEBUG lines follow")
+
+    @property
+    def step_log(self):
+        """The logger a step is given: the task's, at DEBUG when Enable Logging is on."""
+        return self._debug_log or self.log
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, default=str, sort_keys=True, indent=1)
 
 
 class WaitForPendingWorkOperator(BaseOperator):
