@@ -364,7 +364,7 @@ def test_every_network_monitor_goes_down_and_up_with_one_alert_per_change(mon_db
     for kind, mid in ids.items():
         (at, status, ms, _, message), = checks(sql, mid)
         assert (at, status) == (T0, "up"), (kind, message)
-        assert ms is not None and 0 < ms < 2000, kind
+        assert ms is not None and 0 <= ms < 2000, kind   # a loopback TCP connect can round to 0.0 ms
     assert "logged in as probe" in checks(sql, ids["ftp"])[0][4]
     assert "logged in as monitor" in checks(sql, ids["mail"])[0][4]
     assert [r["headers"]["Host"] for r in http.requests if r["path"] == "/"] == ["www.example.test"]

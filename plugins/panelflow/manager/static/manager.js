@@ -92,7 +92,7 @@ function chart(runs) {
     const known = ["success", "failed", "running", "queued"].includes(r.state) ? r.state : "other";
     const barH = r.duration ? Math.max(3, Math.round((r.duration / longest) * (height - 2))) : 3;
     const rect = s("rect", { x: (n - ordered.length + i) * (w + gap), y: height - 1 - barH, width: w, height: barH,
-                             class: known, "data-state": r.state || "" });
+                             class: known, "data-state": r.state || "", "data-run-id": r.run_id || "" });
     const title = s("title", {});
     title.textContent = `${r.run_id}\n${r.state} · ${duration(r.duration)} · ${r.run_type}\nstarted ${when(r.start_date)}`;
     rect.append(title);
