@@ -166,6 +166,20 @@ def test_a_holder_killed_mid_run_frees_its_partner(cluster, sessions_locked, mig
         assert conn.execute("SELECT DISTINCT dag_id, run_id, heartbeat_at > acquired_at FROM run_group_leases"
                             ).fetchall() == [("ring_a_work", holder, True)]
         assert conn.execute("SELECT dag_id, run_id FROM run_group_waiters").fetchall() == [("ring_b_work", partner)]
+    # the Threads Manager shows the partner "in queue for run group" (read from the cluster's metadata DB)
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import Session
+
+    from panelflow.manager.data import _airflow_state
+
+    engine = create_engine(cluster.postgres.uri(cluster.name).replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with Session(engine) as session:
+            shown = _airflow_state(session, ["ring_a_work", "ring_b_work"])
+    finally:
+        engine.dispose()
+    assert (shown["ring_b_work"]["run_group_waits"], shown["ring_a_work"]["run_group_waits"]) == (1, 0)
+    assert shown["ring_b_work"]["run_group_waiting_since"] is not None
     victim = psutil.Process(step["pid"])
     assert "python" in victim.name() or "airflow" in " ".join(victim.cmdline())
     killed = datetime.now().astimezone()

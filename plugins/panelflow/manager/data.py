@@ -61,7 +61,8 @@ def _airflow_state(session: Session, dag_ids: list[str]) -> dict[str, dict[str, 
     from airflow.utils.state import DagRunState, TaskInstanceState
 
     state: dict[str, dict[str, Any]] = {d: {"dag": None, "runs": [], "queued_runs": 0, "queued_since": None,
-                                            "waiting_tasks": 0, "waiting_since": None} for d in dag_ids}
+                                            "waiting_tasks": 0, "waiting_since": None,
+                                            "run_group_waits": 0, "run_group_waiting_since": None} for d in dag_ids}
     for dm in session.scalars(select(DagModel).where(DagModel.dag_id.in_(dag_ids))):
         state[dm.dag_id]["dag"] = {
             "is_paused": dm.is_paused,
@@ -106,6 +107,16 @@ def _airflow_state(session: Session, dag_ids: list[str]) -> dict[str, dict[str, 
         .group_by(TaskInstance.dag_id)
     ):
         state[dag_id].update(waiting_tasks=count, waiting_since=_iso(since))
+    # … and runs in queue for their run groups: their guard is deferred while another thread holds one
+    from panelflow.run_groups import GUARD_TASK_ID
+
+    for dag_id, count, since in session.execute(
+        select(TaskInstance.dag_id, func.count(), func.min(TaskInstance.start_date))
+        .where(TaskInstance.dag_id.in_(dag_ids), TaskInstance.task_id == GUARD_TASK_ID,
+               TaskInstance.state == TaskInstanceState.DEFERRED)
+        .group_by(TaskInstance.dag_id)
+    ):
+        state[dag_id].update(run_group_waits=count, run_group_waiting_since=_iso(since))
     return state
 
 

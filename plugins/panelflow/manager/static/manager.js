@@ -121,6 +121,8 @@ function queueCell(t) {
     `${t.queued_runs} run${t.queued_runs > 1 ? "s" : ""} queued `, h("span", { class: "ago" }, since(t.queued_since))));
   if (t.waiting_tasks) parts.push(h("div", { class: "waiting meta", title: `task${t.waiting_tasks > 1 ? "s" : ""} waiting for a worker or a run-group slot since ${when(t.waiting_since)}` },
     `${t.waiting_tasks} task${t.waiting_tasks > 1 ? "s" : ""} waiting `, h("span", { class: "ago" }, since(t.waiting_since))));
+  if (t.run_group_waits) parts.push(h("div", { class: "queued run-groups", title: `in queue while another thread holds one of its run groups (${(t.run_groups || []).join(", ")}) since ${when(t.run_group_waiting_since)}` },
+    `in queue for run group `, h("span", { class: "ago" }, since(t.run_group_waiting_since))));
   return h("td", { class: "queue" }, parts.length ? parts : "—");
 }
 
