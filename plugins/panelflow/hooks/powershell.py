@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
@@ -115,6 +116,38 @@ class PowerShellHook(PsrpHook):
                 raise PowerShellUnavailable(f"{name} on {self.conn_id}: {type(exc).__name__}: {exc}") from exc
             raise
         return parse_output(name, holder[0].output)
+
+
+def open_powershell(conn_id: str) -> PowerShellHook:
+    """A :class:`PowerShellHook` with its runspace pool open, so every script a step sends to one
+    server reuses it. A server that cannot be reached raises :class:`PowerShellUnavailable`."""
+    hook = PowerShellHook(conn_id)
+    try:
+        hook.__enter__()
+    except Exception as exc:
+        if _is_transport_error(exc):
+            raise PowerShellUnavailable(f"{conn_id}: {type(exc).__name__}: {exc}") from exc
+        raise
+    return hook
+
+
+def close_powershell(hook: PowerShellHook, log=None) -> None:
+    """Close the runspace pool; a server that hangs up while closing costs nothing but a log line
+    (the work is done, and closing a broken pool must not hide the real outcome)."""
+    try:
+        hook.__exit__(None, None, None)
+    except Exception as exc:  # noqa: BLE001 - closing is best effort
+        if log is not None:
+            log.warning("closing the PowerShell session %s: %s", hook.conn_id, exc)
+
+
+@contextmanager
+def powershell_session(conn_id: str, log=None) -> Iterator[PowerShellHook]:
+    hook = open_powershell(conn_id)
+    try:
+        yield hook
+    finally:
+        close_powershell(hook, log)
 
 
 def _error_text(record) -> str:

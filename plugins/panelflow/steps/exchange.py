@@ -89,7 +89,6 @@ import ipaddress
 import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -100,7 +99,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from panelflow.billing import StepReport
 from panelflow.group_actions import JobDeferred, JobRejected, process_group_actions
 from panelflow.hooks.powershell import (PowerShellError, PowerShellHook, PowerShellOutputError,
-                                        PowerShellScriptError, PowerShellUnavailable, byte_count, parse_records)
+                                        PowerShellScriptError, PowerShellUnavailable, byte_count, close_powershell,
+                                        open_powershell, parse_records, powershell_session)
 
 BACKEND = "exchange"
 ACTIONS = ("create_mailbox", "set_mailbox_quota", "set_mailbox_forwarding", "add_mailbox_permission",
@@ -189,38 +189,6 @@ def _servers(conn, ids: Iterable[int] | None = None) -> list[Server]:
     return rows
 
 
-def _open(conn_id: str) -> PowerShellHook:
-    """Enter one PowerShell context (opens the runspace pool): unreachable → PowerShellUnavailable."""
-    from panelflow.hooks.powershell import _is_transport_error
-
-    hook = PowerShellHook(conn_id)
-    try:
-        hook.__enter__()
-    except Exception as exc:
-        if _is_transport_error(exc):
-            raise PowerShellUnavailable(f"{conn_id}: {type(exc).__name__}: {exc}") from exc
-        raise
-    return hook
-
-
-def _close(hook: PowerShellHook, log=None) -> None:
-    """Leave the context; a pool that cannot even be closed (the server went away) is only logged."""
-    try:
-        hook.__exit__(None, None, None)
-    except Exception as exc:  # noqa: BLE001 - closing a broken pool must not hide the real outcome
-        if log is not None:
-            log.warning("closing the PowerShell session of %s failed: %s", hook.conn_id, exc)
-
-
-@contextmanager
-def _session(server: Server, log=None):
-    hook = _open(server.conn_id)
-    try:
-        yield hook
-    finally:
-        _close(hook, log)
-
-
 def _first_line(exc: BaseException) -> str:
     return (str(exc) or type(exc).__name__).splitlines()[0][:300]
 
@@ -234,7 +202,7 @@ def _each_server(servers: list[Server], report: StepReport, log, work: Callable[
     failed: list[str] = []
     for server in servers:
         try:
-            with _session(server, log) as hook:
+            with powershell_session(server.conn_id, log) as hook:
                 work(server, hook)
         except (PowerShellError, AirflowException) as exc:
             failed.append(server.name)
@@ -487,7 +455,7 @@ class _ExchangeJobs:
 
     def close(self) -> None:
         for hook in self.hooks.values():
-            _close(hook, self.log)
+            close_powershell(hook, self.log)
         self.hooks.clear()
 
     # plumbing
@@ -521,13 +489,13 @@ class _ExchangeJobs:
         try:
             hook = self.hooks.get(server)
             if hook is None:
-                hook = self.hooks[server] = _open(mailbox["conn_id"])
+                hook = self.hooks[server] = open_powershell(mailbox["conn_id"])
             return hook.run_script(script, parameters)
         except PowerShellUnavailable as exc:
             self.transport_failures[server] += 1
             dropped = self.hooks.pop(server, None)     # a pool that timed out is not reused
             if dropped is not None:
-                _close(dropped, self.log)
+                close_powershell(dropped, self.log)
             raise JobDeferred(str(exc)) from None
         except (PowerShellScriptError, PowerShellOutputError) as exc:
             raise JobRejected(str(exc)) from None

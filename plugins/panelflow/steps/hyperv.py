@@ -1,7 +1,7 @@
 """Hyper-V over PowerShell remoting: HyperVHomeBackendThread, GroupActionWorkVPS and the VPS threshold alerts.
 
 Every Hyper-V host is a ``hyperv_hosts`` row (0018) naming the Airflow psrp connection that reaches
-it; each step opens one PowerShell session per host (:func:`panelflow.steps.server_stats.open_powershell`)
+it; each step opens one PowerShell session per host (:func:`panelflow.hooks.powershell.open_powershell`)
 and runs the scripts of ``include/powershell/hyperv`` and ``include/powershell/windows`` with their
 values as PSRP parameters. A host that cannot be reached, refuses the credentials, times out or whose
 script fails is named in the summary (``failed_hosts``) and recorded in ``hyperv_host_syncs``; the
@@ -78,8 +78,8 @@ from panelflow.billing import StepReport
 from panelflow.group_actions import JobDeferred, JobRejected, process_group_actions
 from panelflow.hooks.powershell import byte_count, parse_records, ps_datetime
 from panelflow.mail import enqueue
-from panelflow.steps.server_stats import (MIB, close_powershell, open_powershell, parse_sample, powershell_session,
-                                          write_server_sample)
+from panelflow.hooks.powershell import close_powershell, open_powershell, powershell_session
+from panelflow.steps.server_stats import MIB, parse_sample, write_server_sample
 
 BACKEND = "vps"
 ACTIONS = ("create_vm", "start_vm", "stop_vm", "restart_vm", "resize_vm", "add_disk", "expand_disk", "checkpoint_vm",

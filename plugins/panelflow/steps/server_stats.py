@@ -20,15 +20,13 @@ Airflow retries it and alerts.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from panelflow.billing import StepReport
-from panelflow.hooks.powershell import byte_count, parse_records
+from panelflow.hooks.powershell import byte_count, parse_records, powershell_session
 
 SCRIPT = "windows/get_server_stats"
 MIB = 1024 * 1024
@@ -65,39 +63,6 @@ class ServerSample(_Record):
     MemoryAvailableBytes: Bytes
     Volumes: list[Any] = []
     Services: list[Any] = []
-
-
-def open_powershell(conn_id: str):
-    """A :class:`PowerShellHook` with its runspace pool open (one per server and step, so every
-    script of the step reuses it). A server that cannot be reached raises PowerShellUnavailable."""
-    from panelflow.hooks.powershell import PowerShellHook, PowerShellUnavailable, _is_transport_error
-
-    hook = PowerShellHook(conn_id)
-    try:
-        hook.__enter__()
-    except Exception as exc:
-        if _is_transport_error(exc):
-            raise PowerShellUnavailable(f"{conn_id}: {type(exc).__name__}: {exc}") from exc
-        raise
-    return hook
-
-
-def close_powershell(hook, log=None) -> None:
-    """Close the runspace pool; a server that hangs up while closing costs nothing but a log line."""
-    try:
-        hook.__exit__(None, None, None)
-    except Exception as exc:  # noqa: BLE001 - the work is done; closing is best effort
-        if log is not None:
-            log.warning("closing the PowerShell session %s: %s", hook.conn_id, exc)
-
-
-@contextmanager
-def powershell_session(conn_id: str, log=None) -> Iterator:
-    hook = open_powershell(conn_id)
-    try:
-        yield hook
-    finally:
-        close_powershell(hook, log)
 
 
 class ServerStatsFailed(RuntimeError):
