@@ -225,6 +225,18 @@ def _run_item(hook: PowerShellHook, script: str, parameters: dict) -> tuple[list
         return None, str(exc)
 
 
+def _apply_one(hook: PowerShellHook, model, script: str, parameters: dict):
+    """:func:`_run_item` of a script that prints one ``model`` record → (record, None), or (None, why)
+    when Exchange refused the item or the record is malformed."""
+    rows, error = _run_item(hook, script, parameters)
+    if error is not None:
+        return None, error
+    try:
+        return _one(model, rows, script), None
+    except JobRejected as exc:
+        return None, str(exc)
+
+
 # -- what the scripts print ----------------------------------------------------------------------------
 
 class _Record(BaseModel):
@@ -768,13 +780,8 @@ def create_pending_owa_policies(panel_db, interval, params, log) -> dict:
                         report.add("failed")
                         report.skip(str(exc), f"OWA policy {name}")
                         continue
-                    rows, error = _run_item(hook, "exchange/new_owa_mailbox_policy", {"Name": name, **values})
-                    state = None
-                    if error is None:
-                        try:
-                            state = _one(OwaPolicyState, rows, "exchange/new_owa_mailbox_policy")
-                        except JobRejected as exc:
-                            error = str(exc)
+                    state, error = _apply_one(hook, OwaPolicyState, "exchange/new_owa_mailbox_policy",
+                                              {"Name": name, **values})
                     if error is not None:
                         outcomes.append((policy_id, "failed", None, error))
                         report.add("failed")
@@ -975,12 +982,7 @@ def sync_smart_host_send_connectors(panel_db, interval, params, log) -> dict:
                             "Name": name, "SmartHosts": want_hosts, "AddressSpaces": want_spaces,
                             "SourceTransportServers": list(sources or [server.name]), "Port": want_port,
                             "Enabled": want_enabled}
-                    rows, error = _run_item(hook, script, parameters)
-                    if error is None:
-                        try:
-                            state = _one(SendConnectorState, rows, script)
-                        except JobRejected as exc:
-                            error = str(exc)
+                    state, error = _apply_one(hook, SendConnectorState, script, parameters)
                     if error is not None:
                         outcomes.append({"id": cid, "status": "failed", "error": error})
                         report.add("failed")
@@ -1144,7 +1146,7 @@ def handle_oss_spam_filters(panel_db, interval, params, log) -> dict:
                     fail(org_id, name, "the organisation has no accepted domains to scope its spam rules to")
                     continue
                 mailboxes = conn.execute(_SPAM_MAILBOXES, (org_id, per_call)).fetchall()
-                rows, error = _run_item(hook, "exchange/set_organization_spam_filter", {
+                state, error = _apply_one(hook, SpamFilterState, "exchange/set_organization_spam_filter", {
                     "RuleNamePrefix": f"panelflow spam {name}", "RecipientDomains": list(domains),
                     "AllowedSenders": list(allowed_senders), "BlockedSenders": list(blocked_senders),
                     "AllowedDomains": list(allowed_domains), "BlockedDomains": list(blocked_domains),
@@ -1152,11 +1154,6 @@ def handle_oss_spam_filters(panel_db, interval, params, log) -> dict:
                     "SCLDeleteThreshold": _threshold(delete), "SCLRejectThreshold": _threshold(reject),
                     "SCLQuarantineThreshold": _threshold(quarantine), "SCLJunkThreshold": _threshold(junk),
                     "Confirm": False})
-                if error is None:
-                    try:
-                        state = _one(SpamFilterState, rows, "exchange/set_organization_spam_filter")
-                    except JobRejected as exc:
-                        error = str(exc)
                 if error is not None:
                     fail(org_id, name, error)
                     continue
@@ -1328,12 +1325,7 @@ def sync_external_remote_domains(panel_db, interval, params, log) -> dict:
                         script, parameters = "exchange/set_remote_domain", {"Identity": guid, **want}
                     else:
                         script, parameters = "exchange/new_remote_domain", {"Name": name, "DomainName": domain, **want}
-                    rows, error = _run_item(hook, script, parameters)
-                    if error is None:
-                        try:
-                            state = _one(RemoteDomainState, rows, script)
-                        except JobRejected as exc:
-                            error = str(exc)
+                    state, error = _apply_one(hook, RemoteDomainState, script, parameters)
                     if error is not None:
                         outcomes.append({"id": cid, "status": "failed", "error": error})
                         report.add("failed")
