@@ -16,7 +16,7 @@ $(VENV)/.installed: requirements.txt
 
 ## Airflow 3 on http://localhost:8080 with the panel DB, demo data and pools; Ctrl-C stops it all
 run: $(VENV)/.installed
-	$(PY) -m panelflow.local
+	$(PY) -m panelflow.dev.local
 
 ## servers the tests start on 127.0.0.1 that no wheel brings (PostgreSQL and SMTP come from the lock);
 ## samba is the Active Directory domain controller of the AD tests (under CI=true a missing one fails them);

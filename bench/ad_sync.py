@@ -75,9 +75,9 @@ def main() -> None:
     import psycopg
 
     from panelflow.db import upgrade
-    from panelflow.devdb import EmbeddedPostgres
+    from panelflow.dev.postgres import EmbeddedPostgres
     from panelflow.hooks.panel_db import PanelDatabaseHook
-    from panelflow.operators import Interval
+    from panelflow.step import Interval
     from panelflow.steps.active_directory import sync_ad_users
     from samba_dc import SambaDC
 

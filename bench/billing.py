@@ -10,7 +10,7 @@ baseline: one ``INSERT INTO scratch_lines … SELECT`` writing the same number o
           with invoice_lines' shape and keys (``LIKE invoice_lines INCLUDING ALL``) — the least a
           database can do to write that many lines.
 
-Data: ``panelflow.demo``'s billing provider, 1,000,000 subscriptions of 200,000 customers
+Data: ``panelflow.dev.demo``'s billing provider, 1,000,000 subscriptions of 200,000 customers
 (BENCH_SMALL=1: 50,000 of 10,000), a real durable PostgreSQL. Ends with
 ``billing: … ratio=R target=2.0`` (R = ours / baseline time).
 """
@@ -56,10 +56,10 @@ WHERE s.status = 'active' AND s.next_bill_date = %(day)s AND s.price IS NOT NULL
 def main() -> None:
     import psycopg
 
-    from panelflow.billing import StepReport
+    from panelflow.step import StepReport
     from panelflow.db import upgrade
-    from panelflow.demo import load_billing_demo
-    from panelflow.devdb import EmbeddedPostgres
+    from panelflow.dev.demo import load_billing_demo
+    from panelflow.dev.postgres import EmbeddedPostgres
     from panelflow.steps.billing import invoice_due_subscriptions
 
     tmp = Path(tempfile.mkdtemp(prefix="panelflow-bench-billing-"))

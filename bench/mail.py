@@ -48,10 +48,10 @@ def main() -> None:
 
     import airflow.providers.smtp.hooks.smtp  # noqa: F401  (one-off imports, not a per-message cost)
     from panelflow.db import upgrade
-    from panelflow.devdb import EmbeddedPostgres, free_port
+    from panelflow.dev.postgres import EmbeddedPostgres, free_port
     from panelflow.hooks.panel_db import PanelDatabaseHook
-    from panelflow.mail import _build
-    from panelflow.operators import Interval
+    from panelflow.services.outbox import _build
+    from panelflow.step import Interval
     from panelflow.steps.mail import process_email_campaigns
 
     tmp = Path(tempfile.mkdtemp(prefix="panelflow-bench-mail-"))

@@ -75,9 +75,9 @@ def main() -> None:
     import psycopg
 
     from panelflow.db import upgrade
-    from panelflow.devdb import EmbeddedPostgres, free_port
+    from panelflow.dev.postgres import EmbeddedPostgres, free_port
     from panelflow.hooks.panel_db import PanelDatabaseHook
-    from panelflow.operators import Interval
+    from panelflow.step import Interval
     from panelflow.steps.microsoft365 import sync_tenant_entities
 
     logging.getLogger("airflow.task.hooks").setLevel(logging.WARNING)   # the provider logs every adapter built

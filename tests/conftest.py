@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from harness import ROOT
 sys.path.insert(0, str(ROOT / "plugins"))
 
 _TMP = Path(tempfile.mkdtemp(prefix="panelflow-tests-"))
@@ -33,7 +33,7 @@ os.environ.update(
     }
 )
 
-from panelflow.devdb import EmbeddedPostgres  # noqa: E402
+from panelflow.dev.postgres import EmbeddedPostgres  # noqa: E402
 
 _PG = EmbeddedPostgres(_TMP / "pgdata", durable=False).start()
 for _db in ("airflow", "panel"):
@@ -143,7 +143,7 @@ def smtp_server(monkeypatch):
 
     from aiosmtpd.controller import Controller
 
-    from panelflow.devdb import free_port
+    from panelflow.dev.postgres import free_port
 
     inbox = _Inbox()
     port = free_port()
@@ -182,7 +182,7 @@ def dnsmasq(tmp_path, monkeypatch):
     procs = []
 
     def start(txt: dict[str, str]):
-        from panelflow.devdb import free_port
+        from panelflow.dev.postgres import free_port
 
         port = free_port()
         args = [binary, "--no-daemon", "--conf-file=/dev/null", f"--port={port}", "--listen-address=127.0.0.1",
@@ -217,16 +217,12 @@ def payment_gateway(monkeypatch):
     """The sandbox card gateway (include/sandbox/payment_gateway.py) on 127.0.0.1, wired as
     ``payment_gateway``; ``.connection(**changes)`` is that connection's JSON with changes
     (another timeout, a wrong key) for a hook or a child process."""
-    import importlib.util
     import json
 
-    from panelflow.devdb import free_port
+    from panelflow.dev.postgres import free_port
+    from sandbox.payment_gateway import PaymentGatewaySandbox
 
-    spec = importlib.util.spec_from_file_location("panelflow_sandbox_payment_gateway",
-                                                  ROOT / "include" / "sandbox" / "payment_gateway.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    gateway = module.PaymentGatewaySandbox(port=free_port(), api_key="sk_test_panelflow_tests",
+    gateway = PaymentGatewaySandbox(port=free_port(), api_key="sk_test_panelflow_tests",
                                            timeout_hold=3.0, hold_max=30.0).start()
 
     def connection(**changes) -> str:
@@ -241,25 +237,14 @@ def payment_gateway(monkeypatch):
     gateway.stop()
 
 
-def _sandbox(name: str):
-    import importlib.util
-
-    module_name = f"panelflow_sandbox_{name}"
-    if module_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(module_name, ROOT / "include" / "sandbox" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[module_name]
-
-
 @pytest.fixture
 def recorded_powershell():
     """The PSRP boundary (include/sandbox/psrp.py): the real PsrpHook/pypsrp build real
     CreatePipeline messages, which are decoded and recorded (``.sent``); ``.answer(script, output |
     error= | timeout= | hang_up=)`` gives the recorded reply. ``.connection(host)`` is a psrp
     connection's JSON for ``AIRFLOW_CONN_…``."""
-    module = _sandbox("psrp")
+    from sandbox import psrp as module
+
     with module.RecordedPowerShell() as endpoint:
         endpoint.connection = module.psrp_connection
         yield endpoint

@@ -7,7 +7,7 @@ so the shapes live in their own modules — ``microsoft_graph.py`` (Graph + toke
 ``partner_center.py`` (Partner Center + Retail Prices) — and tests can drive one API's state
 in-process while the hooks talk real HTTP to this server.
 
-Run it: ``python include/sandbox/microsoft.py --host 127.0.0.1 --port 8767 [module options]``.
+Run it: ``python -m sandbox.microsoft --host 127.0.0.1 --port 8767 [module options]``.
 Tests: ``issuer = TokenIssuer(); MicrosoftSandbox([issuer, GraphApi(issuer, …), PartnerCenterApi(issuer,
 …)]).start()`` → ``.url``. Each module offers ``add_arguments(parser)`` and
 ``from_arguments(args, issuer)`` for the command line.
@@ -16,7 +16,7 @@ Tests: ``issuer = TokenIssuer(); MicrosoftSandbox([issuer, GraphApi(issuer, …)
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import json
 import signal
 import sys
@@ -119,15 +119,8 @@ class TokenIssuer:
 
 
 def load(module: str):
-    """Import a sibling module of this file (``include/sandbox`` is not a package)."""
-    name = f"panelflow_sandbox_{module}"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, HERE / f"{module}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    """A sibling API module of this package (``microsoft_graph``, ``partner_center``)."""
+    return importlib.import_module(f"sandbox.{module}")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -214,4 +207,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    sys.modules.setdefault("sandbox.microsoft", sys.modules["__main__"])  # one copy for the API modules
     sys.exit(main())

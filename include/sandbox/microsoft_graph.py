@@ -73,7 +73,7 @@ In-process controls (tests and the benchmark drive the state while the hooks tal
 Command line (through ``microsoft.py``): ``--graph-tenants``, ``--graph-users``,
 ``--graph-groups``, ``--graph-contacts``, ``--graph-members``, ``--graph-page-size``,
 ``--graph-seed``, ``--graph-latency``.
-``python include/sandbox/microsoft_graph.py --url http://127.0.0.1:8767 [same options]`` prints
+``python -m sandbox.microsoft_graph --url http://127.0.0.1:8767 [same options]`` prints
 the Airflow connections (``AIRFLOW_CONN_M365_TENANT_<i>``) and the ``m365_tenants`` rows that
 wire those tenants into panelflow.
 """
@@ -98,19 +98,10 @@ _HERE = Path(__file__).resolve().parent
 
 
 def _sandbox():
-    """``microsoft.py``'s Request/Response, whether that file runs as __main__ or was loaded by name."""
-    main = sys.modules.get("__main__")
-    if main is not None and hasattr(main, "TokenIssuer") and hasattr(main, "MicrosoftSandbox"):
-        return main
-    name = "panelflow_sandbox_microsoft"
-    if name not in sys.modules:
-        import importlib.util
+    """``microsoft.py``'s Request/Response (one module, also when it runs as ``python -m``)."""
+    from sandbox import microsoft
 
-        spec = importlib.util.spec_from_file_location(name, _HERE / "microsoft.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
+    return microsoft
 
 
 _ms = _sandbox()

@@ -42,7 +42,7 @@ changes: ``add_partner``, ``add_customer``, ``add_offer``, ``add_subscription``,
 ``update_subscription``, ``renew``, ``set_usage``, ``add_price``. ``requests`` records every API
 request (method, path, status, partner, request id); ``orders`` every order actually placed.
 
-On the command line (``python include/sandbox/microsoft.py --port 8767 …``) it serves demo data:
+On the command line (``python -m sandbox.microsoft --port 8767 …``) it serves demo data:
 ``--pc-partner-tenants sandbox-partner`` (comma-separated; one per CSP profile, each with the app
 ``--pc-client-id panelflow-partner-center`` / ``--pc-client-secret``, default
 ``$PANELFLOW_SANDBOX_PARTNER_CENTER_SECRET`` else ``pc_test_sandbox``), ``--pc-customers 12`` customers
@@ -63,19 +63,7 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any, Callable
 from urllib.parse import quote, urlencode
 
-try:  # loaded by microsoft.py (load()) or by a test: the sibling module either way
-    from panelflow_sandbox_microsoft import Request, Response  # type: ignore
-except ImportError:  # pragma: no cover - imported standalone
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    _spec = importlib.util.spec_from_file_location("panelflow_sandbox_microsoft",
-                                                   Path(__file__).resolve().parent / "microsoft.py")
-    _mod = importlib.util.module_from_spec(_spec)
-    sys.modules["panelflow_sandbox_microsoft"] = _mod
-    _spec.loader.exec_module(_mod)
-    Request, Response = _mod.Request, _mod.Response
+from sandbox.microsoft import Request, Response
 
 PRICES_PATH = "/api/retail/prices"
 KINDS = ("customers", "offers", "subscriptions", "skus", "prices")

@@ -37,7 +37,7 @@ Sandbox-only endpoints, without authentication: ``GET /_sandbox/charges`` (every
 with its idempotency key), ``GET /_sandbox/health``, ``POST /_sandbox/release``. In-process,
 ``PaymentGatewaySandbox.charges`` is the same list.
 
-Run it: ``python include/sandbox/payment_gateway.py --host 127.0.0.1 --port 8765
+Run it: ``python -m sandbox.payment_gateway --host 127.0.0.1 --port 8765
 [--api-key KEY] [--timeout-hold 30] [--hold-max 300]``; the key defaults to
 ``$PANELFLOW_SANDBOX_GATEWAY_KEY`` or ``sk_test_sandbox`` (a sandbox key, not a secret).
 """

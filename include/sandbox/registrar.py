@@ -29,7 +29,7 @@ Sandbox-only endpoints, without authentication: ``GET /_sandbox/health``, ``GET
 ``.domains``, ``add_domain()``, ``update_domain()``, ``update_contact()``, ``remove_domain()``,
 ``fail()``, ``throttle()``.
 
-Run it: ``python include/sandbox/registrar.py --host 127.0.0.1 --port 8766 [--api-key KEY]
+Run it: ``python -m sandbox.registrar --host 127.0.0.1 --port 8766 [--api-key KEY]
 [--domains 25] [--rate-limit 0] [--rate-window 1] [--max-page-size 100]``; the key defaults to
 ``$PANELFLOW_SANDBOX_REGISTRAR_KEY`` or ``rk_test_sandbox`` (a sandbox key, not a secret).
 """

@@ -1,4 +1,5 @@
-"""The two operators every thread DAG is made of.
+"""The two operators every thread DAG is made of: Airflow wiring around the step contract
+(``panelflow.step``).
 
 ``StepOperator`` runs one catalog step: it imports the step function only when the task
 executes (parsing a DAG never loads a backend library) and hands it what its signature asks
@@ -15,36 +16,11 @@ import inspect
 import json
 import logging
 import time
-from datetime import date, timedelta
-from typing import Any, NamedTuple
-from zoneinfo import ZoneInfo
+from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from panelflow.steps import STEP_INPUTS
-
-
-class Interval(NamedTuple):
-    """The span a run covers. ``end`` is the step's clock: ages and due dates are measured from it.
-
-    ``tz`` is the thread's time zone (the catalog's), in which a run's calendar days are counted.
-    """
-
-    start: Any
-    end: Any
-    tz: str = "UTC"
-
-    def days(self) -> tuple[date, date]:
-        """The calendar days the run covers, ``[first, end)`` in the thread's time zone.
-
-        BillingWork's 01:30 run covers 01:30 the day before → 01:30 today: the day before.
-        A zero-length interval (a run with no data interval) covers the day before its clock.
-        """
-        zone = ZoneInfo(self.tz)
-        first, end = self.start.astimezone(zone).date(), self.end.astimezone(zone).date()
-        if end <= first:
-            first = end - timedelta(days=1)
-        return first, end
+from panelflow.step import STEP_INPUTS, Interval
 
 
 def run_interval(context, tz: str = "UTC") -> Interval:

@@ -108,7 +108,7 @@ def _airflow_state(session: Session, dag_ids: list[str]) -> dict[str, dict[str, 
     ):
         state[dag_id].update(waiting_tasks=count, waiting_since=_iso(since))
     # … and runs in queue for their run groups: their guard is deferred while another thread holds one
-    from panelflow.run_groups import GUARD_TASK_ID
+    from panelflow.run_groups.leases import GUARD_TASK_ID
 
     for dag_id, count, since in session.execute(
         select(TaskInstance.dag_id, func.count(), func.min(TaskInstance.start_date))

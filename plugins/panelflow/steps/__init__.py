@@ -1,15 +1,9 @@
-"""What each sub-step does: small functions, one domain a module.
+"""What each sub-step does. The contract a step keeps (its inputs, its summary, the failure rule of
+a loop over endpoints) is ``panelflow.step``.
 
-A step function names the inputs it needs as its parameters; the task supplies them:
-
-- ``interval``: the run's data interval (``.start``, ``.end``) — the step's only clock;
-- ``panel_db``: the panel database hook (Airflow connection ``panel_db``);
-- ``params``: the run's params;
-- ``log``: the task's logger;
-- ``item``: for a step with ``map_over``, the one item (tenant, server …) this mapped task
-  instance handles — the ``map_over`` function, taking the same inputs, returns the list.
-
-It returns a small summary dict (rows read, written, skipped) kept as the task's XCom.
+Small domains are one module each (``sessions``, ``retention``, ``quotas``, ``reports`` …); a
+backend with its own servers or API is one package (``exchange/``, ``active_directory/``,
+``hyperv/``, ``microsoft365/`` …) with a private ``_backend.py`` (who the servers are, what their
+answers look like, the loop over them), ``jobs.py`` (its group actions) and modules named after what
+its threads do. A backend package never imports another.
 """
-
-STEP_INPUTS = ("interval", "panel_db", "params", "log", "item")

@@ -46,7 +46,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from panelflow.billing import StepReport
+from panelflow.step import StepReport
 
 STEP_USERS = "sync_ad_users"
 STEP_EXTENDED = "update_ad_extended_data"
@@ -591,7 +591,7 @@ def sync_locked_users(panel_db, interval, params, log) -> dict:
 
 def send_password_expiry_notices(panel_db, interval, params, log) -> dict:
     """Send notification to AD users whose password is about to expire."""
-    from panelflow import mail
+    from panelflow.services import outbox as mail
     from panelflow.hooks.active_directory import (MATCHING_RULE_BIT_AND, UF_ACCOUNTDISABLE, UF_DONT_EXPIRE_PASSWD,
                                                   USER_FILTER, dn_key)
 

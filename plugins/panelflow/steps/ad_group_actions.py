@@ -12,7 +12,7 @@ GroupActionWorkAD
 -----------------
 
 1. :func:`process_ad_group_actions` — works ``group_action_jobs`` rows of backend ``ad`` through
-   :func:`panelflow.group_actions.process_group_actions` (one job claimed at a time, priority 0
+   :func:`panelflow.services.group_actions.process_group_actions` (one job claimed at a time, priority 0
    first, ``FOR UPDATE SKIP LOCKED``; secrets dropped from the payload once finished). A DC that
    cannot be reached, times out, is busy or refuses the service account → :class:`JobDeferred`
    (back to pending, retried until ``job_max_attempts``); the DC refusing the request itself
@@ -123,8 +123,8 @@ from typing import Any
 
 from airflow.exceptions import AirflowNotFoundException
 
-from panelflow.billing import StepReport
-from panelflow.group_actions import JobDeferred, JobRejected, process_group_actions
+from panelflow.step import StepReport
+from panelflow.services.group_actions import JobDeferred, JobRejected, process_group_actions
 from panelflow.hooks.active_directory import (
     GROUP_FILTER,
     MATCHING_RULE_BIT_AND,

@@ -11,7 +11,7 @@ Step 2 ("Billing work process") does, in this order, each part committed on its 
 2. invoice the subscriptions due on the billing days — one set-based statement: an invoice per
    customer and day, a line per subscription and add-on, the 30-day credit of a deferred-billing
    subscription's first invoice, tax per line, next bill date advanced;
-3. charge the day's open invoices through the payment gateway (``panelflow.payments``);
+3. charge the day's open invoices through the payment gateway (``panelflow.services.payments``);
 4. e-mail each invoice (text + HTML, and a PDF) through the outbox; SendEmailNotificationsWork
    delivers it within a minute.
 """
@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from datetime import date
 
-from panelflow.billing import CUSTOMER_TAX_JOIN, StepReport
+from panelflow.services.invoicing import CUSTOMER_TAX_JOIN
+from panelflow.step import StepReport
 
 DEFERRED_CREDIT_REASON = "deferred_billing_30_days"
 DEFERRED_CREDIT_DAYS = 30
@@ -251,8 +252,8 @@ _INVOICE_COLUMNS = ("id", "number", "billing_date", "due_date", "currency", "sub
 
 def email_invoices(conn, first: date, end: date, clock, report: StepReport, provider: dict) -> None:
     """Queue one e-mail per invoice of the billing days (key ``invoice:<number>``: never two)."""
-    from panelflow.invoice_pdf import invoice_attachments
-    from panelflow.mail import enqueue
+    from panelflow.services.invoice_pdf import invoice_attachments
+    from panelflow.services.outbox import enqueue
 
     after, queued = 0, 0
     while queued < MAX_EMAILS_PER_RUN:
@@ -287,7 +288,7 @@ def billing_process(panel_db, interval, log) -> dict:
     """Billing work process: recurring invoices, 30-day credits for deferred billing, payments,
     invoice e-mails and the provider's missing tax rates in resellers, for the run's days."""
     from panelflow.hooks.payment_gateway import PaymentGatewayHook
-    from panelflow.payments import charge_due_invoices
+    from panelflow.services.payments import charge_due_invoices
 
     first, end = interval.days()
     report = StepReport()

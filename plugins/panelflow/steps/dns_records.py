@@ -28,8 +28,8 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
-from panelflow.billing import StepReport
-from panelflow.mail import enqueue
+from panelflow.step import StepReport
+from panelflow.services.outbox import enqueue
 from panelflow.steps.domains import VERIFY_PREFIX
 
 MAX_DOMAINS_PER_RUN = 2000

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from panelflow.mail import enqueue
+from panelflow.services.outbox import enqueue
 
 VERIFY_PREFIX = "panelflow-verification="
 MAX_PER_RUN = 500  # DNS lookups are per domain: bounded, least recently checked first

@@ -12,7 +12,7 @@ GroupActionWorkEx
 -----------------
 
 1. :func:`process_exchange_group_actions` — the ``group_action_jobs`` queue of backend ``exchange``
-   through :func:`panelflow.group_actions.process_group_actions` (one job at a time, by priority).
+   through :func:`panelflow.services.group_actions.process_group_actions` (one job at a time, by priority).
    Every job names the panel's mailbox (``exchange_mailboxes.id``); the mailbox's server runs it.
    Payload keys per action::
 
@@ -96,8 +96,8 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from panelflow.billing import StepReport
-from panelflow.group_actions import JobDeferred, JobRejected, process_group_actions
+from panelflow.step import StepReport
+from panelflow.services.group_actions import JobDeferred, JobRejected, process_group_actions
 from panelflow.hooks.powershell import (PowerShellError, PowerShellHook, PowerShellOutputError,
                                         PowerShellScriptError, PowerShellUnavailable, byte_count, close_powershell,
                                         open_powershell, parse_records, powershell_session)

@@ -46,7 +46,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-from panelflow.billing import StepReport
+from panelflow.step import StepReport
 from panelflow.hooks.powershell import (PowerShellError, PowerShellHook, PowerShellOutputError, byte_count,
                                         parse_records, ps_datetime)
 
@@ -964,7 +964,7 @@ def update_migration_batch_status(panel_db, interval, params, log) -> dict:
     notice per recipient — the batch's panel customer, else the batch's notification addresses —
     keyed on the batch, its status and when that status was first seen, in the same transaction as
     the status, so neither a rerun nor a second server of the organisation sends it again."""
-    from panelflow.mail import enqueue
+    from panelflow.services.outbox import enqueue
 
     params = params or {}
     at = interval.end

@@ -50,9 +50,9 @@ import psycopg
 from dateutil.relativedelta import relativedelta
 from psycopg.types.json import Jsonb
 
-from panelflow.billing import StepReport
-from panelflow.mail import enqueue
-from panelflow.steps._bounded import delete_older_than
+from panelflow.step import StepReport
+from panelflow.services.outbox import enqueue
+from panelflow.services.retention import delete_older_than
 
 TAG_PREFIX = "TCK"
 TAG_RE = re.compile(r"\[#\s*TCK-(\d{1,18})\s*\]", re.IGNORECASE)

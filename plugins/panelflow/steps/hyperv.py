@@ -25,7 +25,7 @@ HyperVHomeBackendThread
 GroupActionWorkVPS
 
 1. :func:`process_vps_group_actions` — the ``vps`` queue of ``group_action_jobs`` through
-   :func:`panelflow.group_actions.process_group_actions`. Payloads (sizes in MB/GB, as the panel
+   :func:`panelflow.services.group_actions.process_group_actions`. Payloads (sizes in MB/GB, as the panel
    enters them)::
 
        create_vm    host, name, memory_mb, disk_gb, generation? (2), processor_count? (1),
@@ -74,10 +74,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from panelflow.billing import StepReport
-from panelflow.group_actions import JobDeferred, JobRejected, process_group_actions
+from panelflow.step import StepReport
+from panelflow.services.group_actions import JobDeferred, JobRejected, process_group_actions
 from panelflow.hooks.powershell import byte_count, parse_records, ps_datetime
-from panelflow.mail import enqueue
+from panelflow.services.outbox import enqueue
 from panelflow.hooks.powershell import close_powershell, open_powershell, powershell_session
 from panelflow.steps.server_stats import MIB, parse_sample, write_server_sample
 

@@ -9,7 +9,7 @@ from datetime import timedelta
 
 from psycopg.types.json import Jsonb
 
-from panelflow.mail import INSERT_MESSAGE, message_id, send_due
+from panelflow.services.outbox import INSERT_MESSAGE, message_id, send_due
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 EXPAND_CHUNK = 2000

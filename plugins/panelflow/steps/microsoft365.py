@@ -42,7 +42,7 @@ from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from urllib.parse import quote
 
-from panelflow.billing import StepReport
+from panelflow.step import StepReport
 
 CONCURRENCY = 4
 PIPELINE_DEPTH = 3      # pages fetched ahead of the one being written
@@ -658,7 +658,7 @@ FIRST_SYNC_BATCH = 500
 
 def send_first_sync_notifications(panel_db, interval, log) -> dict:
     """Send O365 tenant first sync notification: one e-mail per tenant, when its first full sync is done."""
-    from panelflow.mail import enqueue
+    from panelflow.services.outbox import enqueue
 
     report = StepReport()
     queued = marked = 0

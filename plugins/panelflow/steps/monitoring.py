@@ -72,8 +72,8 @@ from functools import partial
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from panelflow.billing import StepReport
-from panelflow.mail import enqueue
+from panelflow.step import StepReport
+from panelflow.services.outbox import enqueue
 
 THREAD = "MonitoringWork"
 RESOURCE_KINDS = ("cpu", "memory", "disk", "services")

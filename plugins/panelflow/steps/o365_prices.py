@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
-from panelflow.billing import StepReport
-from panelflow.mail import enqueue
+from panelflow.step import StepReport
+from panelflow.services.outbox import enqueue
 
 TEMPLATE = "o365_price_update"
 

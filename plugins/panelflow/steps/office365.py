@@ -32,7 +32,7 @@ Jobs (``group_action_jobs``, backend ``o365``). Payload keys per action::
                          or partner_subscription_id
     resume_subscription  same
 
-Claiming is the shared queue's (:mod:`panelflow.group_actions`): one job at a time, up to
+Claiming is the shared queue's (:mod:`panelflow.services.group_actions`): one job at a time, up to
 ``o365_jobs_per_run`` (50) a run, by priority then id, ``FOR UPDATE SKIP LOCKED``, set ``running``
 (``attempts`` + 1, ``started_at``) and committed before any call, so two workers never take the
 same job. Each job's outcome is committed as soon as it is known:
@@ -69,8 +69,8 @@ import time
 from datetime import timedelta
 from urllib.parse import quote
 
-from panelflow.billing import StepReport
-from panelflow.group_actions import JobDeferred, JobRejected
+from panelflow.step import StepReport
+from panelflow.services.group_actions import JobDeferred, JobRejected
 
 BACKEND = "o365"
 JOBS_PER_RUN = 50
@@ -316,7 +316,7 @@ def _partner_job(conn, hooks: dict, action: str, p: dict) -> dict:
 
 def process_o365_group_actions(panel_db, interval, params, log) -> dict:
     """Process O365/CSP group actions."""
-    from panelflow.group_actions import process_group_actions
+    from panelflow.services.group_actions import process_group_actions
     from panelflow.hooks.microsoft_graph import GraphAuthenticationError, GraphError, GraphUnavailable
     from panelflow.hooks.partner_center import (PartnerCenterAuthenticationError, PartnerCenterError,
                                                 PartnerCenterUnavailable)

@@ -48,8 +48,8 @@ import time
 import uuid
 from datetime import timedelta, timezone
 
-from panelflow.billing import StepReport
-from panelflow.mail import enqueue
+from panelflow.step import StepReport
+from panelflow.services.outbox import enqueue
 
 RUN_BUDGET_SECONDS = {"offers": 75 * 60, "reconciliation": 100 * 60, "renewals": 4 * 60, "orders": 5 * 60,
                       "licence_usage": 5 * 60}

@@ -2,7 +2,7 @@
 
 Every step measures time from the run's clock (``interval.end``), never the wall clock; every one
 can be rerun or retried for the same interval and changes nothing more; a bad record is counted
-and named in the step's report (:class:`~panelflow.billing.StepReport`) and skipped while the rest
+and named in the step's report (:class:`~panelflow.step.StepReport`) and skipped while the rest
 is processed. What each step decides, precisely:
 
 - ``update_contact_primary_emails`` (9): the customer's own address (``customers.email``) is the
@@ -80,9 +80,9 @@ from zoneinfo import ZoneInfo
 from psycopg import errors
 from psycopg.types.json import Jsonb
 
-from panelflow.billing import StepReport
-from panelflow.mail import enqueue
-from panelflow.steps._bounded import BOOKKEEPING_DAYS, delete_older_than
+from panelflow.step import StepReport
+from panelflow.services.outbox import enqueue
+from panelflow.services.retention import BOOKKEEPING_DAYS, delete_older_than
 
 THREAD = "ProvisioningWork"
 EMAIL_RE = r"^[^@[:space:]]+@[^@[:space:]]+\.[^@[:space:]]+$"

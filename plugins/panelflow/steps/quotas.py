@@ -33,8 +33,8 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
-from panelflow.billing import StepReport
-from panelflow.mail import enqueue
+from panelflow.step import StepReport
+from panelflow.services.outbox import enqueue
 
 SAMPLE_MAX_AGE = timedelta(hours=48)  # an older latest sample says nothing about usage now
 RECHECK_REASON = "quota_overuse"

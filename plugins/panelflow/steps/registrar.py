@@ -23,7 +23,7 @@ import json
 import time
 from datetime import timedelta
 
-from panelflow.billing import StepReport
+from panelflow.step import StepReport
 
 FULL_REFRESH = timedelta(days=1)     # a domain's detail is read at least this often
 MAX_CONSECUTIVE_FAILURES = 3         # detail failures in a row that end an account's run

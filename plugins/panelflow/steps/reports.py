@@ -37,8 +37,8 @@ from datetime import date, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from panelflow.billing import StepReport
-from panelflow.mail import enqueue
+from panelflow.step import StepReport
+from panelflow.services.outbox import enqueue
 
 TEMPLATE = "usage_report"
 BATCH = 50  # schedules per transaction

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dateutil.relativedelta import relativedelta
 from psycopg import sql
 
-from panelflow.steps._bounded import delete_older_than
+from panelflow.services.retention import delete_older_than
 
 BATCH = 5000
 # Seed steps without a "top N" still get a per-run bound, so one run never holds locks for long.

@@ -25,7 +25,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from panelflow.billing import StepReport
+from panelflow.step import StepReport
 from panelflow.hooks.powershell import byte_count, parse_records, powershell_session
 
 SCRIPT = "windows/get_server_stats"

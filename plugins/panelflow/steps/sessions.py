@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dateutil.relativedelta import relativedelta
 
-from panelflow.steps._bounded import delete_older_than
+from panelflow.services.retention import delete_older_than
 
 BATCH = 5000
 MAX_BATCHES = 40

@@ -84,7 +84,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from panelflow.billing import StepReport
+from panelflow.step import StepReport
 
 TEAMS_SCOPE = "48ac35b8-9aa8-4d74-927d-1f4a14a0b239/.default"
 DEFAULT_PSRP_CONN = "teams_powershell"

@@ -29,7 +29,8 @@ from zoneinfo import ZoneInfo
 
 from psycopg import sql
 
-from panelflow.billing import CUSTOMER_TAX_JOIN, StepReport, invoice_number_sql
+from panelflow.services.invoicing import CUSTOMER_TAX_JOIN, invoice_number_sql
+from panelflow.step import StepReport
 
 
 @dataclass(frozen=True)
