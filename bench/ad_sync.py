@@ -1,7 +1,7 @@
 """SyncADUsersWork's user sync against a real Samba AD DC: a full sync of N users, then an
 incremental one after 10 users changed.
 
-ours:  ``panelflow.steps.active_directory.sync_ad_users`` on one directory whose ``base_dn`` holds
+ours:  ``panelflow.steps.active_directory.sync.sync_ad_users`` on one directory whose ``base_dn`` holds
        N users in 10 organisation OUs (N = 10,000; BENCH_SMALL=1: 1,000), written to a real
        (durable) PostgreSQL. First run: full (every user read and written). Then 10 users get a new
        displayName and the next run (an hour later) is incremental: it must read and write exactly
@@ -78,7 +78,7 @@ def main() -> None:
     from panelflow.dev.postgres import EmbeddedPostgres
     from panelflow.hooks.panel_db import PanelDatabaseHook
     from panelflow.step import Interval
-    from panelflow.steps.active_directory import sync_ad_users
+    from panelflow.steps.active_directory.sync import sync_ad_users
     from samba_dc import SambaDC
 
     base = f"OU=Bench{USERS},DC=test,DC=local"

@@ -52,7 +52,7 @@ def _sandbox_module():
 async def fetch_only(conn_id: str) -> int:
     """The requests the sync makes, in its order, through the same hook; pages discarded."""
     from panelflow.hooks.microsoft_graph import MicrosoftGraphHook
-    from panelflow.steps.microsoft365 import POLICIES, PREFER, URLS
+    from panelflow.steps.microsoft365.tenant_sync import POLICIES, PREFER, URLS
 
     pages = 0
     async with MicrosoftGraphHook(conn_id) as hook:
@@ -78,7 +78,7 @@ def main() -> None:
     from panelflow.dev.postgres import EmbeddedPostgres, free_port
     from panelflow.hooks.panel_db import PanelDatabaseHook
     from panelflow.step import Interval
-    from panelflow.steps.microsoft365 import sync_tenant_entities
+    from panelflow.steps.microsoft365.tenant_sync import sync_tenant_entities
 
     logging.getLogger("airflow.task.hooks").setLevel(logging.WARNING)   # the provider logs every adapter built
     ms = _sandbox_module()

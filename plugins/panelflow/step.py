@@ -84,9 +84,19 @@ class StepReport:
             self.examples.append(f"{record}: {reason}")
 
     def skip_rows(self, rows: Iterable[tuple[Any, str]]) -> None:
-        """``(record, reason)`` rows a set-based statement returned for what it left out."""
+        """``(record, reason)`` rows, for lists already bounded by the step (a page, a batch)."""
         for record, reason in rows:
             self.skip(reason, str(record))
+
+    def skip_grouped(self, rows: Iterable[tuple[str, int, Any]]) -> None:
+        """``(reason, count, examples)`` rows of a query that groups what a set-based statement left
+        out (``count(*)`` and ``(array_agg(…))[1:keep]``): every record counts, the first ``keep``
+        in all are named, and the query's answer stays small however many records are bad."""
+        for reason, count, examples in rows:
+            named = list(examples or ())[: max(self.keep - len(self.examples), 0)]
+            for example in named:
+                self.skip(reason, example)
+            self.skipped[reason] += count - len(named)
 
     def as_dict(self) -> dict:
         return {**self.counts, "skipped": dict(self.skipped), "skipped_examples": list(self.examples)}

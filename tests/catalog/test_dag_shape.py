@@ -3,7 +3,7 @@
 Task ids, display names, dependencies, pools, queues, priority weights, timetables, retries,
 owners and the step function each task runs are compared field by field; a difference names the
 DAG, the task and the field. A deliberate change to the DAGs retakes the snapshot:
-``python tests/dag_shape.py > tests/snapshots/dags.json``, reviewed in the diff.
+``python tests/harness/dag_shape.py > tests/snapshots/dags.json``, reviewed in the diff.
 """
 
 from __future__ import annotations

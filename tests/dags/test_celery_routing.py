@@ -75,7 +75,7 @@ def celery_cluster(postgres, migrated_panel_db):
                                              queues[node], "--concurrency", "1", "--celery-hostname", f"{node}@%h",
                                              "--without-gossip", "--without-mingle"],
                           env={"PANELFLOW_TEST_WORKER_NAME": f"worker-{node}",
-                               "AIRFLOW__CORE__HOSTNAME_CALLABLE": "airflow_cluster.worker_hostname",
+                               "AIRFLOW__CORE__HOSTNAME_CALLABLE": "harness.airflow_cluster.worker_hostname",
                                "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port())})
         cluster.api.wait_for(lambda: all("ready" in cluster.log(f"worker-{n}") for n in ("master", "remoting")),
                              60, "the Celery workers ready")

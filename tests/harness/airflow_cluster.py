@@ -1,7 +1,7 @@
 """A real Airflow 3 on loopback for the tests that need the scheduler, the triggerer and the
 workers themselves (run-group exclusion, daemon pick-up, Celery queue routing).
 
-``make run`` (tests/test_make_run.py) brings the whole product up: demo data, sandboxes and all
+``make run`` (tests/dev/test_make_run.py) brings the whole product up: demo data, sandboxes and all
 61 DAGs, ~1 min a start. These tests need less and need it faster: the components are started
 directly — the same ``airflow.cfg.template``, the same ``dags/threads.py`` and factory, the same
 ``python -m panelflow.pools`` — on a small catalog of the test's own, a metadata DB of their own
@@ -347,7 +347,7 @@ def _daemon_thread(i: int) -> str:
         - id: process_o365_group_actions
           number: "1"
           seed: Process O365/CSP group actions.
-          run: panelflow.steps.office365.process_o365_group_actions
+          run: panelflow.steps.microsoft365.jobs.process_o365_group_actions
           pool: group_actions
     """
 

@@ -1,6 +1,6 @@
 """The shape of every DAG the factory builds, as plain data: what the step-layer move must not change.
 
-``python tests/dag_shape.py > tests/snapshots/dags.json`` takes the snapshot; ``test_dag_shape.py``
+``python tests/harness/dag_shape.py > tests/snapshots/dags.json`` takes the snapshot; ``test_dag_shape.py``
 compares the DAG folder against it. A step's ``run`` is kept by function name only: the move
 changed the modules steps live in, not what they are.
 """

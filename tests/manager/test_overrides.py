@@ -3,7 +3,7 @@
 The Variable is given as ``AIRFLOW_VAR_PANELFLOW_OVERRIDES``: the same ``airflow.sdk.Variable``
 read the dag-processor makes, answered here by Airflow's environment secrets backend instead of
 the metadata DB. The live path (page → Variable in the metadata DB → dag-processor → scheduler's
-next run) is tests/test_threads_manager.py.
+next run) is tests/manager/test_threads_manager.py.
 """
 
 from __future__ import annotations

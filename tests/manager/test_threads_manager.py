@@ -231,7 +231,7 @@ def test_the_page_lists_every_thread_with_its_columns(live, page, catalog):
 def test_enable_logging_then_run_now_gives_a_verbose_run(live, page):
     """Enable Logging is kept as an override; Run now (the page's dialog → Airflow's REST API)
     creates a manual run with the thread's params, whose task log carries the step's inputs and
-    result at DEBUG. (A run without it has no such lines: tests/test_overrides.py.)"""
+    result at DEBUG. (A run without it has no such lines: tests/manager/test_overrides.py.)"""
     # MonitoringWork: one task, priority 3 (its task is queued ahead of the start-up burst of runs)
     dag_id, task = "monitoring_work", "process_monitors_and_metrics"
     row(page, dag_id).locator("input[data-action=logging]").check()

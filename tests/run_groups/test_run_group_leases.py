@@ -1,6 +1,6 @@
 """Run-group leases on the real panel DB: all-or-nothing, first come first served, stale holders
 cleared, no deadlock between overlapping multi-group sets, and the waiting trigger woken by a
-release. The whole thing inside real Airflow is tests/test_run_group_exclusion.py."""
+release. The whole thing inside real Airflow is tests/run_groups/test_run_group_exclusion.py."""
 
 from __future__ import annotations
 
@@ -245,8 +245,8 @@ def test_factory_wraps_every_guarded_run_between_guard_and_release(tmp_path):
       steps:
         - {{id: one, number: "1", seed: One., run: {step}}}
         - {{id: two, number: "2", seed: Two., run: {step}, after: [one]}}
-        - {{id: each, number: "3", seed: Each., run: panelflow.steps.microsoft365.sync_tenant,
-            map_over: panelflow.steps.microsoft365.tenants_to_sync}}
+        - {{id: each, number: "3", seed: Each., run: panelflow.steps.microsoft365.tenant_sync.sync_tenant,
+            map_over: panelflow.steps.microsoft365.tenant_sync.tenants_to_sync}}
     - name: GuardedDaemon
       description: A daemon with a run group.
       domain: housekeeping

@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from panelflow.step import Interval
+from panelflow.steps import failure_notices, passwords, recycle_bin
 from panelflow.steps import provisioning as prov
 
 END = pendulum.datetime(2026, 11, 20, 3, 0, tz="UTC")
@@ -335,7 +336,7 @@ def job(sql, status, *, finished=None, created=END.subtract(days=1), attempts=1,
 
 
 def test_failure_notices_once_per_failure(db, sql, monkeypatch):
-    monkeypatch.setattr(prov, "_operators", lambda: OPERATORS)
+    monkeypatch.setattr(failure_notices, "_operators", lambda: OPERATORS)
     sq_log(sql, 7, "info", "creating mailbox", END.subtract(minutes=31))
     e1 = sq_log(sql, 7, "error", "mailbox create failed: quota", END.subtract(minutes=30))
     e2 = sq_log(sql, 7, "error", "rollback failed", END.subtract(minutes=29))
@@ -347,7 +348,7 @@ def test_failure_notices_once_per_failure(db, sql, monkeypatch):
     j3 = job(sql, "failed", created=END.subtract(hours=2))          # failed before it started: no finish time
     job(sql, "failed", finished=END.subtract(days=8))
 
-    summary = prov.send_failure_notifications(db, AT, LOG)
+    summary = failure_notices.send_failure_notifications(db, AT, LOG)
 
     assert summary["order_failures"] == 1 and summary["job_failures"] == 2 and summary["emails_queued"] == 6
     notices = sql("SELECT source, ref_id, occurrence, recipients, noticed_at FROM failure_notices ORDER BY id")
@@ -368,7 +369,7 @@ def test_failure_notices_once_per_failure(db, sql, monkeypatch):
 
     # never twice: a rerun of the run, then the next run with nothing new
     for interval in (AT, at(minutes=1)):
-        again = prov.send_failure_notifications(db, interval, LOG)
+        again = failure_notices.send_failure_notifications(db, interval, LOG)
         assert again["order_failures"] == again["job_failures"] == again["emails_queued"] == 0
     assert sql("SELECT count(*) FROM email_outbox") == [(6,)]
 
@@ -376,7 +377,7 @@ def test_failure_notices_once_per_failure(db, sql, monkeypatch):
     e3 = sq_log(sql, 7, "error", "second attempt failed", END.add(minutes=2))
     sql("UPDATE group_action_jobs SET attempts = 3, finished_at = %s, error = 'WinRM refused' WHERE id = %s",
         (END.add(minutes=3), j1))
-    later = prov.send_failure_notifications(db, at(minutes=10), LOG)
+    later = failure_notices.send_failure_notifications(db, at(minutes=10), LOG)
     assert later["order_failures"] == 2 and later["job_failures"] == 1 and later["emails_queued"] == 6
     assert sql("SELECT ref_id, occurrence FROM failure_notices WHERE noticed_at = %s ORDER BY id",
                (END.add(minutes=10),)) == [(7, e3), (10, e10), (j1, 3)]
@@ -387,24 +388,24 @@ def test_failure_notices_once_per_failure(db, sql, monkeypatch):
 def test_failure_notices_wait_for_operator_addresses_and_are_bounded(db, sql, monkeypatch):
     for order in range(1, 6):
         sq_log(sql, order, "error", f"order {order} failed", END.subtract(minutes=60 - order))
-    monkeypatch.setattr(prov, "_operators", lambda: [])
-    nobody = prov.send_failure_notifications(db, AT, LOG)
+    monkeypatch.setattr(failure_notices, "_operators", lambda: [])
+    nobody = failure_notices.send_failure_notifications(db, AT, LOG)
     assert nobody["skipped"] == {"no operator addresses for failure notices": 5}
     assert sql("SELECT count(*) FROM failure_notices") == [(0,)] and outbox(sql) == []
 
-    monkeypatch.setattr(prov, "_operators", lambda: ["noc@ops.example", "not an address"])
-    monkeypatch.setattr(prov, "MAX_FAILURE_NOTICES", 2)
-    first = prov.send_failure_notifications(db, at(minutes=10), LOG)
+    monkeypatch.setattr(failure_notices, "_operators", lambda: ["noc@ops.example", "not an address"])
+    monkeypatch.setattr(failure_notices, "MAX_FAILURE_NOTICES", 2)
+    first = failure_notices.send_failure_notifications(db, at(minutes=10), LOG)
     assert first["order_failures"] == 2 and first["emails_queued"] == 2 and first["deferred"] == 3
     assert [r[0] for r in sql("SELECT ref_id FROM failure_notices ORDER BY id")] == [1, 2]   # oldest first
-    prov.send_failure_notifications(db, at(minutes=20), LOG)
-    last = prov.send_failure_notifications(db, at(minutes=30), LOG)
+    failure_notices.send_failure_notifications(db, at(minutes=20), LOG)
+    last = failure_notices.send_failure_notifications(db, at(minutes=30), LOG)
     assert last["order_failures"] == 1 and last["deferred"] == 0
     assert [m[1] for m in outbox(sql)] == ["noc@ops.example"] * 5
 
 
 def test_failure_notice_recipients_come_from_the_catalog():
-    assert prov._operators() == ["provisioning-alerts@panelflow.example"]
+    assert failure_notices._operators() == ["provisioning-alerts@panelflow.example"]
 
 
 # --- 34 --------------------------------------------------------------------------------------------
@@ -495,7 +496,7 @@ def test_legacy_hashes_are_wrapped_in_salted_scrypt(db, sql):
     kept = credential(sql, "employee", "modern", "scrypt", "ab" * 32, ref=13, salt=b"s" * 16,
                       kdf_params='{"n": 16, "r": 8, "p": 1, "dklen": 32}')
 
-    summary = prov.salt_passwords(db, AT)
+    summary = passwords.salt_passwords(db, AT)
 
     assert summary["salted"] == 3 and summary["left_for_next_run"] == 0
     assert summary["skipped"] == {"not a md5 hex digest": 1}
@@ -511,23 +512,23 @@ def test_legacy_hashes_are_wrapped_in_salted_scrypt(db, sql):
         # hand-checked: scrypt of the legacy digest (lower-case hex) with the row's salt
         assert new_hash == hashlib.scrypt(legacy.lower().encode(), salt=bytes(salt), n=2**14, r=8, p=1,
                                           dklen=32).hex()
-        assert prov.verify_password(password, new_scheme, new_hash, salt, params)
-        assert not prov.verify_password(password + "x", new_scheme, new_hash, salt, params)
+        assert passwords.verify_password(password, new_scheme, new_hash, salt, params)
+        assert not passwords.verify_password(password + "x", new_scheme, new_hash, salt, params)
     assert rows[emp][2] != rows[cus][2]                              # a salt per row
     assert rows[bad][:2] == ("md5", "not-a-digest-but-secretish") and rows[kept][0] == "scrypt"
 
-    again = prov.salt_passwords(db, at(minutes=10))
+    again = passwords.salt_passwords(db, at(minutes=10))
     assert again["salted"] == 0 and sql("SELECT count(*) FROM credentials WHERE salted_at > %s", (END,)) == [(0,)]
 
 
 def test_salting_is_batched_bounded_and_never_overwrites_a_new_password(db, sql, monkeypatch):
-    monkeypatch.setattr(prov, "SCRYPT", {"n": 16, "r": 8, "p": 1, "dklen": 32})
-    monkeypatch.setattr(prov, "SALT_BATCH", 3)
-    monkeypatch.setattr(prov, "MAX_SALTED_PER_RUN", 7)
+    monkeypatch.setattr(passwords, "SCRYPT", {"n": 16, "r": 8, "p": 1, "dklen": 32})
+    monkeypatch.setattr(passwords, "SALT_BATCH", 3)
+    monkeypatch.setattr(passwords, "MAX_SALTED_PER_RUN", 7)
     ids = [credential(sql, "employee", f"e{i}", "md5", hashlib.md5(f"pw{i}".encode()).hexdigest(), ref=i)
            for i in range(10)]
     changed = ids[1]
-    wrap = prov.wrap_legacy_hash
+    wrap = passwords.wrap_legacy_hash
 
     def wrap_while_user_changes_password(scheme, legacy_hex, *args, **kwargs):
         if legacy_hex == hashlib.md5(b"pw1").hexdigest():  # the user sets a new password meanwhile
@@ -535,16 +536,16 @@ def test_salting_is_batched_bounded_and_never_overwrites_a_new_password(db, sql,
                 (hashlib.md5(b"brand new").hexdigest(), changed))
         return wrap(scheme, legacy_hex, *args, **kwargs)
 
-    monkeypatch.setattr(prov, "wrap_legacy_hash", wrap_while_user_changes_password)
-    first = prov.salt_passwords(db, AT)
+    monkeypatch.setattr(passwords, "wrap_legacy_hash", wrap_while_user_changes_password)
+    first = passwords.salt_passwords(db, AT)
     assert first["salted"] == 7 and first["changed_meanwhile"] == 1 and first["left_for_next_run"] == 2
     assert sql("SELECT hash_scheme, password_hash FROM credentials WHERE id = %s", (changed,)) == [
         ("md5", hashlib.md5(b"brand new").hexdigest())]
-    second = prov.salt_passwords(db, at(minutes=10))
+    second = passwords.salt_passwords(db, at(minutes=10))
     assert second["salted"] == 3 and second["left_for_next_run"] == 0
     assert sql("SELECT count(*) FROM credentials WHERE hash_scheme = 'scrypt+md5'") == [(10,)]
     row = sql("SELECT password_hash, salt, kdf_params FROM credentials WHERE id = %s", (changed,))[0]
-    assert prov.verify_password("brand new", "scrypt+md5", *row)
+    assert passwords.verify_password("brand new", "scrypt+md5", *row)
 
 
 # --- 39 --------------------------------------------------------------------------------------------
@@ -628,7 +629,7 @@ def test_recycle_bin_notices_once_per_item_and_reminder(db, sql):
     unmailable = bin_item(sql, nomail, "mailbox", "x@nomail.example", END.add(days=6))
     bin_item(sql, cust, "user", "deleted later", END.add(days=3), deleted_at=END.add(hours=1))
 
-    summary = prov.send_recycle_bin_notifications(db, AT)
+    summary = recycle_bin.send_recycle_bin_notifications(db, AT)
 
     assert summary["notices"] == 2 and summary["emails_queued"] == 2
     assert summary["reminder_0"] == 1 and summary["reminder_1"] == 1
@@ -643,17 +644,17 @@ def test_recycle_bin_notices_once_per_item_and_reminder(db, sql):
     assert mails[1][2] == "Last reminder: Site intranet will be deleted permanently on 2026-11-20"
     assert "1 day from now" in mails[1][3] and "last reminder" in mails[1][3]
 
-    assert prov.send_recycle_bin_notifications(db, AT)["notices"] == 0
+    assert recycle_bin.send_recycle_bin_notifications(db, AT)["notices"] == 0
     # four days on: jdoe's last reminder, and the far mailbox's first
-    later = prov.send_recycle_bin_notifications(db, at(days=4))
+    later = recycle_bin.send_recycle_bin_notifications(db, at(days=4))
     assert later["notices"] == 2
     assert sorted(r[0] for r in sql("SELECT outbox_key FROM recycle_bin_notices")) == sorted([
         f"recycle-bin:{soon}:0", f"recycle-bin:{last}:1", f"recycle-bin:{soon}:1", f"recycle-bin:{far}:0"])
     assert len(outbox(sql)) == 4
     # the address fixed: the item's notice goes, once
     sql("UPDATE customers SET email = 'fixed@nomail.example' WHERE id = %s", (nomail,))
-    assert prov.send_recycle_bin_notifications(db, at(days=4))["notices"] == 1
-    assert prov.send_recycle_bin_notifications(db, at(days=4, minutes=10))["notices"] == 0
+    assert recycle_bin.send_recycle_bin_notifications(db, at(days=4))["notices"] == 1
+    assert recycle_bin.send_recycle_bin_notifications(db, at(days=4, minutes=10))["notices"] == 0
 
 
 # --- 42, 43 ----------------------------------------------------------------------------------------
@@ -672,7 +673,7 @@ def test_recovery_notices_and_purge(db, sql):
     exactly = dl(sql, cust, "edge", END.subtract(days=30))          # its period ends at the clock
     sql("INSERT INTO recovery_notices VALUES (%s, 0, %s, 'recovery:%s:0')", (expired, END.subtract(days=31), expired))
 
-    summary = prov.send_recovery_notifications(db, AT)
+    summary = recycle_bin.send_recovery_notifications(db, AT)
 
     assert summary["notices"] == 2 and summary["reminder_0"] == 1 and summary["reminder_1"] == 1
     mails = outbox(sql)
@@ -681,28 +682,28 @@ def test_recovery_notices_and_purge(db, sql):
     assert "sales@lists.example" in mails[0][3] and "was deleted on 2026-11-20" in mails[0][3]
     assert mails[1][2] == "Last reminder: distribution list support will be deleted permanently on 2026-11-22"
     assert "2 days from now" in mails[1][3]
-    assert prov.send_recovery_notifications(db, at(minutes=10))["notices"] == 0
+    assert recycle_bin.send_recovery_notifications(db, at(minutes=10))["notices"] == 0
 
-    purged = prov.purge_expired_recovery_distribution_lists(db, AT)
+    purged = recycle_bin.purge_expired_recovery_distribution_lists(db, AT)
     assert purged["deleted"] == 1
     assert {r[0] for r in sql("SELECT id FROM recovery_distribution_lists")} == {fresh, ending, exactly}
     assert sql("SELECT count(*) FROM recovery_notices WHERE distribution_list_id = %s", (expired,)) == [(0,)]
-    assert prov.purge_expired_recovery_distribution_lists(db, AT)["deleted"] == 0
-    assert prov.purge_expired_recovery_distribution_lists(db, at(minutes=10))["deleted"] == 1
+    assert recycle_bin.purge_expired_recovery_distribution_lists(db, AT)["deleted"] == 0
+    assert recycle_bin.purge_expired_recovery_distribution_lists(db, at(minutes=10))["deleted"] == 1
     assert {r[0] for r in sql("SELECT id FROM recovery_distribution_lists")} == {fresh, ending}
 
 
 def test_recovery_purge_is_bounded(db, sql, monkeypatch):
-    monkeypatch.setattr(prov, "MAX_RECOVERY_PURGE", 3)
-    monkeypatch.setattr(prov, "RECOVERY_PURGE_BATCH", 2)
+    monkeypatch.setattr(recycle_bin, "MAX_RECOVERY_PURGE", 3)
+    monkeypatch.setattr(recycle_bin, "RECOVERY_PURGE_BATCH", 2)
     cust = customer(sql, "Many lists")
     for i in range(7):
         dl(sql, cust, f"l{i}", END.subtract(days=40 + i))
-    first = prov.purge_expired_recovery_distribution_lists(db, AT)
+    first = recycle_bin.purge_expired_recovery_distribution_lists(db, AT)
     assert first["deleted"] == 3 and first["batches"] == 2
     assert sorted(r[0] for r in sql("SELECT name FROM recovery_distribution_lists")) == ["l0", "l1", "l2", "l3"]
-    assert prov.purge_expired_recovery_distribution_lists(db, AT)["deleted"] == 0
-    assert prov.purge_expired_recovery_distribution_lists(db, at(minutes=10))["deleted"] == 3
+    assert recycle_bin.purge_expired_recovery_distribution_lists(db, AT)["deleted"] == 0
+    assert recycle_bin.purge_expired_recovery_distribution_lists(db, at(minutes=10))["deleted"] == 3
 
 
 def test_deleted_customer_takes_its_rows_with_it(db, sql):
@@ -715,6 +716,6 @@ def test_deleted_customer_takes_its_rows_with_it(db, sql):
 
 
 def test_interval_dates_use_the_threads_time_zone():
-    assert prov._local_date(pendulum.datetime(2026, 6, 30, 23, 30, tz="UTC"), "Europe/London") == date(2026, 7, 1)
-    assert prov._local_date(END, "Europe/London") == date(2026, 11, 20)
-    assert timedelta(days=prov.RECOVERY_DAYS) == timedelta(days=30)
+    assert prov.local_date(pendulum.datetime(2026, 6, 30, 23, 30, tz="UTC"), "Europe/London") == date(2026, 7, 1)
+    assert prov.local_date(END, "Europe/London") == date(2026, 11, 20)
+    assert timedelta(days=recycle_bin.RECOVERY_DAYS) == timedelta(days=30)

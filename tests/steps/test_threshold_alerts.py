@@ -34,7 +34,8 @@ def test_both_halves_report(panel_db, sql):
 
 
 def test_a_failing_half_does_not_stop_the_other(panel_db, monkeypatch):
-    from panelflow.steps import hyperv, partner_center
+    from panelflow.steps.hyperv import thresholds as hyperv
+    from panelflow.steps.microsoft365 import licence_alerts as partner_center
     from panelflow.steps.provisioning import generate_threshold_alerts
 
     ran = []

@@ -20,7 +20,7 @@ HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 def _check_timezone(value: str | None) -> str | None:

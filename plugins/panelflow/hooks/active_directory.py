@@ -56,6 +56,8 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 
+from panelflow.hooks._extras import extra_number, flag
+
 FILETIME_EPOCH = datetime(1601, 1, 1, tzinfo=timezone.utc)
 FILETIME_NEVER = 0x7FFFFFFFFFFFFFFF
 
@@ -232,14 +234,18 @@ class ADEntry:
         values = self.texts(name)
         return values[0] if values else None
 
-    def int(self, name: str) -> int | None:
+    def _parsed(self, name: str, parse, kind: str):
+        """The attribute's first value through ``parse``; a value that does not parse names the attribute."""
         value = self.text(name)
         if value is None:
             return None
         try:
-            return int(value)
+            return parse(value)
         except ValueError:
-            raise ValueError(f"{name}: {value!r} is not an integer") from None
+            raise ValueError(f"{name}: {value!r} is not {kind}") from None
+
+    def int(self, name: str) -> int | None:
+        return self._parsed(name, int, "an integer")
 
     def bool(self, name: str) -> bool | None:
         value = self.text(name)
@@ -257,31 +263,23 @@ class ADEntry:
             raise ValueError(f"{name}: {value!r} is not a FILETIME") from None
 
     def time(self, name: str) -> datetime | None:
-        value = self.text(name)
-        if value is None:
+        return self._parsed(name, generalized_time, "a GeneralizedTime")
+
+    def _binary(self, name: str, decode):
+        """The attribute's first raw value through ``decode``; a value that does not decode names the attribute."""
+        values = self.raw(name)
+        if not values:
             return None
         try:
-            return generalized_time(value)
-        except ValueError:
-            raise ValueError(f"{name}: {value!r} is not a GeneralizedTime") from None
+            return decode(values[0])
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
 
     def guid(self, name: str = "objectGUID") -> uuid.UUID | None:
-        values = self.raw(name)
-        if not values:
-            return None
-        try:
-            return guid_from_bytes(values[0])
-        except ValueError as exc:
-            raise ValueError(f"{name}: {exc}") from None
+        return self._binary(name, guid_from_bytes)
 
     def sid(self, name: str = "objectSid") -> str | None:
-        values = self.raw(name)
-        if not values:
-            return None
-        try:
-            return sid_from_bytes(values[0])
-        except ValueError as exc:
-            raise ValueError(f"{name}: {exc}") from None
+        return self._binary(name, sid_from_bytes)
 
     def extended_dns(self, name: str) -> list[tuple[uuid.UUID, str]]:
         """Values read with the extended-DN control (``<GUID=…>;<SID=…>;CN=…``) → (GUID, DN)."""
@@ -295,12 +293,6 @@ class ADEntry:
 
 
 # -- the hook --------------------------------------------------------------------------------------
-
-def _flag(value) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
-
 
 class ActiveDirectoryHook(BaseHook):
     """One bound LDAP connection to a domain controller per hook (``with`` closes it)."""
@@ -351,21 +343,22 @@ class ActiveDirectoryHook(BaseHook):
     def settings(self) -> dict[str, Any]:
         """The connection's settings (no password): host, port, TLS mode, base DN, timeouts, page size."""
         if self._settings is None:
-            conn = self.get_connection(self.ad_conn_id)
+            cid = self.ad_conn_id
+            conn = self.get_connection(cid)
             extra = conn.extra_dejson
             if not conn.host or not conn.login:
-                raise ActiveDirectoryConfigError(f"connection {self.ad_conn_id!r} needs a host and a login")
-            start_tls = _flag(extra.get("start_tls", False))
-            use_ssl = _flag(extra.get("use_ssl", not start_tls and conn.port in (None, 636, 3269)))
+                raise ActiveDirectoryConfigError(f"connection {cid!r} needs a host and a login")
+            start_tls = flag(extra.get("start_tls", False))
+            use_ssl = flag(extra.get("use_ssl", not start_tls and conn.port in (None, 636, 3269)))
             self._settings = {
                 "host": conn.host, "port": conn.port or (636 if use_ssl else 389), "login": conn.login,
                 "password": conn.password or "", "use_ssl": use_ssl, "start_tls": start_tls and not use_ssl,
-                "validate_cert": _flag(extra.get("validate_cert", True)),
+                "validate_cert": flag(extra.get("validate_cert", True)),
                 "ca_certs_file": extra.get("ca_certs_file") or None,
                 "base_dn": extra.get("base_dn") or None,
-                "connect_timeout": float(extra.get("connect_timeout", self.DEFAULT_CONNECT_TIMEOUT)),
-                "receive_timeout": float(extra.get("receive_timeout", self.DEFAULT_RECEIVE_TIMEOUT)),
-                "page_size": int(extra.get("page_size", self.DEFAULT_PAGE_SIZE)),
+                "connect_timeout": extra_number(cid, extra, "connect_timeout", self.DEFAULT_CONNECT_TIMEOUT),
+                "receive_timeout": extra_number(cid, extra, "receive_timeout", self.DEFAULT_RECEIVE_TIMEOUT),
+                "page_size": extra_number(cid, extra, "page_size", self.DEFAULT_PAGE_SIZE, kind=int),
             }
         return self._settings
 

@@ -28,17 +28,7 @@ from decimal import Decimal
 from typing import Any, Iterator
 from urllib.parse import urlsplit
 
-from airflow.sdk import BaseHook
-
-from panelflow.hooks.partner_center import (
-    RetryingHttp,
-    _json_object,
-    _Retryable,
-    _date,
-    _text,
-    base_url_of,
-    error_message,
-)
+from panelflow.hooks._http import HttpApiHook, error_message, iso_date, json_object, text_value
 
 DEFAULT_BASE_URL = "https://prices.azure.com"
 DEFAULT_API_VERSION = "2023-01-01-preview"
@@ -100,63 +90,42 @@ class PricePage:
     items: list[RetailPrice]
 
 
-class AzureRetailPricesHook(RetryingHttp, BaseHook):
+class AzureRetailPricesHook(HttpApiHook):
     conn_name_attr = "azure_retail_prices_conn_id"
     default_conn_name = "azure_retail_prices"
     conn_type = "panelflow_azure_retail_prices"
     hook_name = "panelflow Azure Retail Prices"
 
+    DEFAULT_BASE_URL = DEFAULT_BASE_URL
+    USER_AGENT = "panelflow-azure-rates"
+
     def __init__(self, azure_retail_prices_conn_id: str = default_conn_name, *, sleep=time.sleep, **kwargs):
-        super().__init__(**kwargs)
-        self.azure_retail_prices_conn_id = azure_retail_prices_conn_id
-        self._sleep = sleep
-        self._client = None
-        self._settings = {}
+        super().__init__(azure_retail_prices_conn_id, sleep=sleep, **kwargs)
         self.filter: str | None = None
         self.currencies: list[str] = []
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        return {
-            "hidden_fields": ["login", "password"],
-            "relabeling": {"host": "API base URL", "schema": "Scheme (http/https)"},
-            "placeholders": {"host": DEFAULT_BASE_URL, "schema": "https",
-                             "extra": '{"filter": "serviceFamily eq \'Compute\'", "currencies": ["USD", "GBP"],'
-                                      ' "timeout": 30, "retries": 6, "backoff": 1, "max_retry_wait": 120}'},
-        }
+        return cls._rest_form(hidden=["login", "password"], labels={}, host=DEFAULT_BASE_URL,
+                              extra='{"filter": "serviceFamily eq \'Compute\'", "currencies": ["USD", "GBP"],'
+                                    ' "timeout": 30, "retries": 6, "backoff": 1, "max_retry_wait": 120}')
 
-    def get_conn(self):
-        if self._client is None:
-            import httpx
+    @property
+    def base_url(self) -> str:
+        return self.settings.base_url
 
-            cid = self.azure_retail_prices_conn_id
-            conn = self.get_connection(cid)
-            extra = conn.extra_dejson
-            self._read_settings(extra)
-            self.filter = _text(extra.get("filter"))
-            currencies = extra.get("currencies", ["USD"])
-            if isinstance(currencies, str):
-                currencies = [c for c in currencies.replace(",", " ").split() if c]
-            self.currencies = [str(c).strip().upper() for c in currencies]
-            if not self.currencies or any(len(c) != 3 or not c.isalpha() for c in self.currencies):
-                raise ValueError(f"connection {cid!r}: extra 'currencies' must list ISO 4217 codes, not {currencies!r}")
-            self.api_version = str(extra.get("api_version") or DEFAULT_API_VERSION)
-            self.base_url = base_url_of(conn, cid, DEFAULT_BASE_URL)
-            self._client = httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(self._settings["timeout"]),
-                                        headers={"Accept": "application/json", "User-Agent": "panelflow-azure-rates"},
-                                        follow_redirects=False)
-        return self._client
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-
-    def __enter__(self) -> "AzureRetailPricesHook":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def _configure(self, conn, extra: dict[str, Any]) -> dict[str, str]:
+        """The prices to fetch: the ``$filter``, the currencies (one pass each), the API version."""
+        self.filter = text_value(extra.get("filter"))
+        currencies = extra.get("currencies", ["USD"])
+        if isinstance(currencies, str):
+            currencies = [c for c in currencies.replace(",", " ").split() if c]
+        self.currencies = [str(c).strip().upper() for c in currencies]
+        if not self.currencies or any(len(c) != 3 or not c.isalpha() for c in self.currencies):
+            raise ValueError(f"connection {self.azure_retail_prices_conn_id!r}: extra 'currencies' must list"
+                             f" ISO 4217 codes, not {currencies!r}")
+        self.api_version = str(extra.get("api_version") or DEFAULT_API_VERSION)
+        return {}
 
     def test_connection(self) -> tuple[bool, str]:
         try:
@@ -167,20 +136,12 @@ class AzureRetailPricesHook(RetryingHttp, BaseHook):
         return True, "the Retail Prices API answered"
 
     def _get(self, url: str, params: dict[str, str] | None, what: str) -> dict[str, Any]:
-        client = self.get_conn()
         where = f"Azure Retail Prices connection {self.azure_retail_prices_conn_id!r}: {what}"
-        try:
-            for attempt in self._retrying():
-                with attempt:
-                    response = self._send(client, "GET", url, params=params)
-                    busy = self._busy(response)
-                    if busy is not None:
-                        raise busy
-        except _Retryable as exc:
-            raise AzureRetailPricesUnavailable(f"{where}: {exc} ({self._attempts()})") from exc
+        response = self._with_retries(lambda: self._answer("GET", url, params=params),
+                                      lambda reason: AzureRetailPricesUnavailable(f"{where}: {reason}"))
         if response.status_code != 200:
             raise AzureRetailPricesRequestError(f"{where}: HTTP {response.status_code}: {error_message(response)}")
-        payload = _json_object(response, parse_float=Decimal)
+        payload = json_object(response, parse_float=Decimal)
         if payload is None:
             raise AzureRetailPricesResponseError(f"{where}: the answer is not a JSON object; page rejected")
         return payload
@@ -250,7 +211,7 @@ def _price(item: Any, currency: str) -> RetailPrice:
     code = str(item.get("currencyCode") or "").upper()
     if code != currency:
         raise ValueError(f"currency {code!r}, asked for {currency}")
-    effective = _date(item.get("effectiveStartDate"))
+    effective = iso_date(item.get("effectiveStartDate"))
     if effective is None:
         raise ValueError("'effectiveStartDate' is missing")
     price_type = item.get("type")
@@ -260,14 +221,14 @@ def _price(item: Any, currency: str) -> RetailPrice:
     if retail < 0 or unit < 0:
         raise ValueError("a negative price")
     return RetailPrice(
-        meter_id=meter.strip().lower(), meter_name=_text(item.get("meterName")),
-        region=str(item.get("armRegionName") or "").strip().lower(), location=_text(item.get("location")),
+        meter_id=meter.strip().lower(), meter_name=text_value(item.get("meterName")),
+        region=str(item.get("armRegionName") or "").strip().lower(), location=text_value(item.get("location")),
         currency=code, retail_price=retail, unit_price=unit,
         tier_minimum_units=_number(item, "tierMinimumUnits", 0), effective_date=effective, price_type=price_type,
-        reservation_term=_text(item.get("reservationTerm")), sku_id=_text(item.get("skuId")),
-        sku_name=_text(item.get("skuName")), arm_sku_name=_text(item.get("armSkuName")),
-        product_id=_text(item.get("productId")), product_name=_text(item.get("productName")),
-        service_name=_text(item.get("serviceName")), service_family=_text(item.get("serviceFamily")),
-        unit_of_measure=_text(item.get("unitOfMeasure")),
+        reservation_term=text_value(item.get("reservationTerm")), sku_id=text_value(item.get("skuId")),
+        sku_name=text_value(item.get("skuName")), arm_sku_name=text_value(item.get("armSkuName")),
+        product_id=text_value(item.get("productId")), product_name=text_value(item.get("productName")),
+        service_name=text_value(item.get("serviceName")), service_family=text_value(item.get("serviceFamily")),
+        unit_of_measure=text_value(item.get("unitOfMeasure")),
         is_primary_meter_region=item.get("isPrimaryMeterRegion") if isinstance(item.get("isPrimaryMeterRegion"),
                                                                                bool) else None)

@@ -12,6 +12,8 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 
+from panelflow.hooks._extras import extra_number
+
 
 class DnsLookupError(Exception):
     """The resolver did not answer (timeout, refused): nothing is known about the record."""
@@ -49,8 +51,8 @@ class DnsResolverHook(BaseHook):
                 if conn.port:
                     r.port = conn.port
                 extra = conn.extra_dejson
-                r.timeout = float(extra.get("timeout", 2))
-                r.lifetime = float(extra.get("lifetime", 4))
+                r.timeout = extra_number(self.dns_conn_id, extra, "timeout", 2.0)
+                r.lifetime = extra_number(self.dns_conn_id, extra, "lifetime", 4.0)
                 self._resolver = r
         return self._resolver
 

@@ -450,7 +450,7 @@ async def _send(self: MicrosoftGraphHook, method: str, url: str, *, body: dict |
 
     A retried POST may have been applied by Graph although its answer was lost: callers make their writes
     idempotent by a natural key (a user's userPrincipalName, a member already present) — see
-    :mod:`panelflow.steps.office365`.
+    :mod:`panelflow.steps.microsoft365.jobs`.
     """
     status, full, content = await self._exchange(method, url, headers=headers, body=body,
                                                  accept=lambda s: 200 <= s < 300)

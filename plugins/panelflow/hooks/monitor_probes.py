@@ -24,6 +24,8 @@ from typing import Any, Callable
 
 from airflow.sdk import BaseHook
 
+from panelflow.hooks._extras import optional_number
+
 MESSAGE_CHARS = 300
 MAX_BODY_BYTES = 1 << 20  # a page is matched on its first MiB
 
@@ -55,9 +57,8 @@ class MonitorLoginHook(BaseHook):
 
     def get_conn(self) -> Login:
         conn = self.get_connection(self.monitor_conn_id)
-        timeout = conn.extra_dejson.get("timeout")
         return Login(login=conn.login or None, password=conn.password or None,
-                     timeout=float(timeout) if timeout is not None else None)
+                     timeout=optional_number(self.monitor_conn_id, conn.extra_dejson, "timeout"))
 
 
 @dataclass(frozen=True)

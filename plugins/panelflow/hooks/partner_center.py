@@ -37,20 +37,25 @@ nothing twice. Every request carries the hook's ``MS-CorrelationId``.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Iterator
 from urllib.parse import quote, urlsplit
 
-from airflow.sdk import BaseHook
-
-from panelflow.hooks._retrying_http import Retryable as _Retryable
-from panelflow.hooks._retrying_http import RetryingHttp as _RetryingHttpBase
-from panelflow.hooks._retrying_http import base_url_of, retry_after
+from panelflow.hooks._extras import extra_number
+from panelflow.hooks._http import (
+    HttpApiHook,
+    RequestRefused,
+    bool_value,
+    error_message,
+    iso_date,
+    iso_time,
+    json_object,
+    text_value,
+)
 
 DEFAULT_BASE_URL = "https://api.partnercenter.microsoft.com"
 DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
@@ -67,13 +72,8 @@ class PartnerCenterUnavailable(PartnerCenterError):
     """Throttled (429), failing (5xx) or unreachable through every attempt."""
 
 
-class PartnerCenterRequestError(PartnerCenterError):
+class PartnerCenterRequestError(PartnerCenterError, RequestRefused):
     """Partner Center refused the request (4xx); resending it unchanged will not help."""
-
-    def __init__(self, message: str, *, http_status: int, code: Any = None):
-        super().__init__(message)
-        self.http_status = http_status
-        self.code = code
 
 
 class PartnerCenterAuthenticationError(PartnerCenterRequestError):
@@ -194,25 +194,10 @@ class Page:
     uri: str
 
 
-# -- shared HTTP plumbing (the Azure Retail Prices hook uses it too) ------------------------------
-
-
-class RetryingHttp(_RetryingHttpBase):
-    """The shared retrying plumbing, plus which Partner Center / Retail Prices answers are worth retrying."""
-
-    @staticmethod
-    def _busy(response) -> _Retryable | None:
-        """The retryable answers: 429 and every 5xx, with what ``Retry-After`` says."""
-        if response.status_code == 429 or response.status_code >= 500:
-            return _Retryable(f"HTTP {response.status_code} {error_message(response)}".strip(),
-                              retry_after(response.headers.get("Retry-After")))
-        return None
-
-
 # -- the hook -------------------------------------------------------------------------------------
 
 
-class PartnerCenterHook(RetryingHttp, BaseHook):
+class PartnerCenterHook(HttpApiHook):
     """One ``httpx.Client`` and one cached token per hook (one CSP profile); ``close()`` it."""
 
     conn_name_attr = "partner_center_conn_id"
@@ -220,16 +205,15 @@ class PartnerCenterHook(RetryingHttp, BaseHook):
     conn_type = "panelflow_partner_center"
     hook_name = "panelflow Microsoft Partner Center"
 
+    DEFAULT_BASE_URL = DEFAULT_BASE_URL
+    USER_AGENT = "panelflow-partner-center"
     DEFAULT_PAGE_SIZE = 100
 
     def __init__(self, partner_center_conn_id: str = default_conn_name, *, sleep=time.sleep, clock=time.monotonic,
                  **kwargs):
-        super().__init__(**kwargs)
-        self.partner_center_conn_id = partner_center_conn_id
-        self._sleep = sleep
+        super().__init__(partner_center_conn_id, sleep=sleep, **kwargs)
         self._clock = clock
-        self._client = None
-        self._settings = {}
+        self._page_size = self.DEFAULT_PAGE_SIZE
         self._token_request: tuple[str, dict[str, str]] | None = None
         self._access_token: str | None = None
         self._token_expires = 0.0
@@ -238,56 +222,33 @@ class PartnerCenterHook(RetryingHttp, BaseHook):
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        return {
-            "hidden_fields": [],
-            "relabeling": {"host": "API base URL", "login": "Application (client) ID", "password": "Client secret",
-                           "schema": "Scheme (http/https)"},
-            "placeholders": {"host": DEFAULT_BASE_URL, "schema": "https",
-                             "extra": '{"tenant_id": "<partner tenant id>",'
-                                      ' "authority": "https://login.microsoftonline.com", "timeout": 30,'
-                                      ' "retries": 6, "backoff": 1, "max_retry_wait": 120, "page_size": 100}'},
-        }
+        return cls._rest_form(hidden=[], labels={"login": "Application (client) ID", "password": "Client secret"},
+                              host=DEFAULT_BASE_URL,
+                              extra='{"tenant_id": "<partner tenant id>",'
+                                    ' "authority": "https://login.microsoftonline.com", "timeout": 30,'
+                                    ' "retries": 6, "backoff": 1, "max_retry_wait": 120, "page_size": 100}')
 
     # -- connection -----------------------------------------------------------------------------
 
-    def get_conn(self):
-        """The hook's ``httpx.Client`` (base URL and timeout from the connection; the token per request)."""
-        if self._client is None:
-            import httpx
+    @property
+    def base_url(self) -> str:
+        return self.settings.base_url
 
-            cid = self.partner_center_conn_id
-            conn = self.get_connection(cid)
-            extra = conn.extra_dejson
-            tenant = str(extra.get("tenant_id") or "").strip()
-            if not conn.login or not conn.password:
-                raise ValueError(f"connection {cid!r} needs login (the app's client id) and password (its secret)")
-            if not tenant:
-                raise ValueError(f"connection {cid!r} has no extra 'tenant_id' (the partner's tenant)")
-            self._read_settings(extra)
-            self._settings["page_size"] = max(1, int(extra.get("page_size", self.DEFAULT_PAGE_SIZE)))
-            authority = str(extra.get("authority") or DEFAULT_AUTHORITY).rstrip("/")
-            self._token_request = (f"{authority}/{quote(tenant, safe='')}/oauth2/v2.0/token", {
-                "grant_type": "client_credentials", "client_id": conn.login, "client_secret": conn.password,
-                "scope": str(extra.get("scope") or DEFAULT_SCOPE)})
-            self.tenant_id = tenant
-            self.base_url = base_url_of(conn, cid, DEFAULT_BASE_URL)
-            self._client = httpx.Client(
-                base_url=self.base_url, timeout=httpx.Timeout(self._settings["timeout"]),
-                headers={"Accept": "application/json", "User-Agent": "panelflow-partner-center"},
-                follow_redirects=False,  # a redirect would replay the token to another host
-            )
-        return self._client
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-
-    def __enter__(self) -> "PartnerCenterHook":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def _configure(self, conn, extra: dict[str, Any]) -> dict[str, str]:
+        """The app's credentials and tenant (the token is per request, not a client header)."""
+        cid = self.partner_center_conn_id
+        tenant = str(extra.get("tenant_id") or "").strip()
+        if not conn.login or not conn.password:
+            raise ValueError(f"connection {cid!r} needs login (the app's client id) and password (its secret)")
+        if not tenant:
+            raise ValueError(f"connection {cid!r} has no extra 'tenant_id' (the partner's tenant)")
+        self._page_size = extra_number(cid, extra, "page_size", self.DEFAULT_PAGE_SIZE, kind=int, minimum=1)
+        authority = str(extra.get("authority") or DEFAULT_AUTHORITY).rstrip("/")
+        self._token_request = (f"{authority}/{quote(tenant, safe='')}/oauth2/v2.0/token", {
+            "grant_type": "client_credentials", "client_id": conn.login, "client_secret": conn.password,
+            "scope": str(extra.get("scope") or DEFAULT_SCOPE)})
+        self.tenant_id = tenant
+        return {}
 
     def test_connection(self) -> tuple[bool, str]:
         """Whether the app signs in and Partner Center answers (one customer)."""
@@ -302,19 +263,11 @@ class PartnerCenterHook(RetryingHttp, BaseHook):
     def _token(self) -> str:
         if self._access_token is not None and self._clock() < self._token_expires:
             return self._access_token
-        client = self.get_conn()
+        self.get_conn()
         url, form = self._token_request
         where = f"Partner Center connection {self.partner_center_conn_id!r}: sign-in to tenant {self.tenant_id}"
-        try:
-            for attempt in self._retrying():
-                with attempt:
-                    response = self._send(client, "POST", url, data=form)
-                    busy = self._busy(response)
-                    if busy is not None:
-                        raise busy
-        except _Retryable as exc:
-            raise PartnerCenterUnavailable(f"{where}: {exc} ({self._attempts()})") from exc
-        payload = _json_object(response)
+        response = self._with_retries(lambda: self._answer("POST", url, data=form), self._unavailable(where))
+        payload = json_object(response)
         if response.status_code != 200:
             detail = (payload or {}).get("error_description") or (payload or {}).get("error") or response.reason_phrase
             raise PartnerCenterAuthenticationError(f"{where} refused (HTTP {response.status_code}): {detail}",
@@ -338,6 +291,10 @@ class PartnerCenterHook(RetryingHttp, BaseHook):
 
     # -- requests -------------------------------------------------------------------------------
 
+    @staticmethod
+    def _unavailable(where: str):
+        return lambda reason: PartnerCenterUnavailable(f"{where}: {reason}")
+
     def _url(self, uri: str) -> str:
         """A ``links`` uri (``/customers?…``, relative to /v1) or a path, as a path of the base URL."""
         if "://" in uri:
@@ -353,34 +310,32 @@ class PartnerCenterHook(RetryingHttp, BaseHook):
     def request(self, method: str, path: str, *, what: str, params: dict[str, Any] | None = None,
                 body: Any = None, headers: dict[str, str] | None = None):
         """The 2xx answer to ``method path`` (a token renewed once on a 401; throttling retried)."""
-        client = self.get_conn()
+        self.get_conn()
         url = self._url(path)
         where = f"Partner Center connection {self.partner_center_conn_id!r}: {what} ({method} {url.split('?')[0]})"
         extra_headers = {"MS-CorrelationId": self.correlation_id, **(headers or {})}
         renewed = False
-        try:
-            for attempt in self._retrying():
-                with attempt:
-                    while True:
-                        request_headers = {"MS-RequestId": str(uuid.uuid4()), **extra_headers,
-                                           "Authorization": f"Bearer {self._token()}"}
-                        response = self._send(client, method, url, params=params, headers=request_headers,
-                                              **({"json": body} if body is not None else {}))
-                        if response.status_code == 401 and not renewed:
-                            renewed = True  # expired or revoked meanwhile: one new token, then the same request
-                            self._access_token = None
-                            continue
-                        break
-                    busy = self._busy(response)
-                    if busy is not None:
-                        raise busy
-        except _Retryable as exc:
-            raise PartnerCenterUnavailable(f"{where}: {exc} ({self._attempts()})") from exc
+
+        def attempt():
+            nonlocal renewed
+            while True:
+                request_headers = {"MS-RequestId": str(uuid.uuid4()), **extra_headers,
+                                   "Authorization": f"Bearer {self._token()}"}
+                response = self._send(self._client, method, url, params=params, headers=request_headers,
+                                      **({"json": body} if body is not None else {}))
+                if response.status_code == 401 and not renewed:
+                    renewed = True  # expired or revoked meanwhile: one new token, then the same request
+                    self._access_token = None
+                    continue
+                self._raise_if_busy(response)
+                return response
+
+        response = self._with_retries(attempt, self._unavailable(where))
         status = response.status_code
         if 200 <= status < 300:
             return response
         message = error_message(response)
-        code = (_json_object(response) or {}).get("code")
+        code = (json_object(response) or {}).get("code")
         if status in (401, 403):
             raise PartnerCenterAuthenticationError(f"{where}: HTTP {status}, refused even with a new token: {message}"
                                                    if status == 401 else f"{where}: HTTP 403: {message}",
@@ -392,7 +347,7 @@ class PartnerCenterHook(RetryingHttp, BaseHook):
     def _get_json(self, path: str, params: dict[str, Any] | None, what: str,
                   headers: dict[str, str] | None = None) -> dict[str, Any]:
         response = self.request("GET", path, what=what, params=params, headers=headers)
-        payload = _json_object(response)
+        payload = json_object(response)
         if payload is None:
             raise PartnerCenterResponseError(f"Partner Center connection {self.partner_center_conn_id!r}: {what}:"
                                              " the answer is not a JSON object")
@@ -438,20 +393,21 @@ class PartnerCenterHook(RetryingHttp, BaseHook):
     def customer_pages(self) -> Iterator[Page]:
         """The partner's customers, a page (``page_size``) at a time."""
         self.get_conn()
-        return self._pages("/v1/customers", {"size": int(self._settings["page_size"])}, "customer list", _customer)
+        return self._pages("/v1/customers", {"size": self._page_size}, "customer list", _customer)
 
     def offer_pages(self, country: str) -> Iterator[Page]:
         """The offers for ``country`` (ISO 3166 alpha-2), a page at a time."""
         self.get_conn()
-        return self._pages("/v1/offers", {"country": country, "offset": 0, "size": int(self._settings["page_size"])},
+        return self._pages("/v1/offers", {"country": country, "offset": 0, "size": self._page_size},
                            f"offers for {country}", _offer)
 
+    def _collection(self, path: str, what: str, parse) -> list:
+        """Every item of every page of a collection that is read whole."""
+        return [item for page in self._pages(path, None, what, parse) for item in page.items]
+
     def subscriptions(self, customer_id: str) -> list[Subscription]:
-        out: list[Subscription] = []
-        for page in self._pages(f"/v1/customers/{quote(customer_id, safe='')}/subscriptions", None,
-                                f"subscriptions of customer {customer_id}", _subscription):
-            out.extend(page.items)
-        return out
+        return self._collection(f"/v1/customers/{quote(customer_id, safe='')}/subscriptions",
+                                f"subscriptions of customer {customer_id}", _subscription)
 
     def subscription(self, customer_id: str, subscription_id: str) -> Subscription:
         what = f"subscription {subscription_id} of customer {customer_id}"
@@ -467,11 +423,8 @@ class PartnerCenterHook(RetryingHttp, BaseHook):
         return sub
 
     def subscribed_skus(self, customer_id: str) -> list[SubscribedSku]:
-        out: list[SubscribedSku] = []
-        for page in self._pages(f"/v1/customers/{quote(customer_id, safe='')}/subscribedskus", None,
-                                f"licences of customer {customer_id}", _sku):
-            out.extend(page.items)
-        return out
+        return self._collection(f"/v1/customers/{quote(customer_id, safe='')}/subscribedskus",
+                                f"licences of customer {customer_id}", _sku)
 
     def place_order(self, customer_id: str, *, request_id: str, offer_id: str, quantity: int,
                     billing_cycle: str = "monthly", friendly_name: str | None = None) -> Order:
@@ -485,15 +438,15 @@ class PartnerCenterHook(RetryingHttp, BaseHook):
         what = f"order of {quantity} × {offer_id} for customer {customer_id} (request {request_id})"
         response = self.request("POST", f"/v1/customers/{quote(customer_id, safe='')}/orders", what=what, body=body,
                                 headers={"MS-RequestId": request_id})
-        payload = _json_object(response)
+        payload = json_object(response)
         try:
             if payload is None:
                 raise ValueError("the answer is not a JSON object")
             lines = tuple(OrderLine(line_number=int(li.get("lineItemNumber", n)), offer_id=_req_text(li, "offerId"),
-                                    subscription_id=_text(li.get("subscriptionId")), quantity=_opt_int(li, "quantity"),
-                                    friendly_name=_text(li.get("friendlyName")))
+                                    subscription_id=text_value(li.get("subscriptionId")), quantity=_opt_int(li, "quantity"),
+                                    friendly_name=text_value(li.get("friendlyName")))
                           for n, li in enumerate(payload["lineItems"]))
-            return Order(id=_req_text(payload, "id"), status=_text(payload.get("status")), lines=lines,
+            return Order(id=_req_text(payload, "id"), status=text_value(payload.get("status")), lines=lines,
                          request_id=request_id,
                          replayed=response.headers.get("MS-Idempotent-Replayed", "").lower() == "true")
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -509,8 +462,8 @@ def _customer(item: Any) -> Customer:
         raise ValueError("not an object")
     profile = item.get("companyProfile") if isinstance(item.get("companyProfile"), dict) else {}
     tenant = _req_text(item, "id")
-    return Customer(tenant_id=tenant.lower(), company_name=_text(profile.get("companyName")),
-                    domain=_text(profile.get("domain")), relationship=_text(item.get("relationshipToPartner")))
+    return Customer(tenant_id=tenant.lower(), company_name=text_value(profile.get("companyName")),
+                    domain=text_value(profile.get("domain")), relationship=text_value(item.get("relationshipToPartner")))
 
 
 def _subscription(item: Any) -> Subscription:
@@ -520,13 +473,13 @@ def _subscription(item: Any) -> Subscription:
     if not isinstance(quantity, int) or isinstance(quantity, bool) or quantity < 0:
         raise ValueError(f"'quantity' is not a count: {quantity!r}")
     return Subscription(
-        id=_req_text(item, "id").lower(), offer_id=_req_text(item, "offerId"), offer_name=_text(item.get("offerName")),
-        friendly_name=_text(item.get("friendlyName")), quantity=quantity, unit_type=_text(item.get("unitType")),
-        status=_req_text(item, "status").lower(), auto_renew=_bool(item.get("autoRenewEnabled")),
-        billing_cycle=_text(item.get("billingCycle")), term_duration=_text(item.get("termDuration")),
-        creation_date=_time(item.get("creationDate")), effective_start_date=_date(item.get("effectiveStartDate")),
-        commitment_end_date=_date(item.get("commitmentEndDate")), is_trial=_bool(item.get("isTrial")),
-        order_id=_text(item.get("orderId")))
+        id=_req_text(item, "id").lower(), offer_id=_req_text(item, "offerId"), offer_name=text_value(item.get("offerName")),
+        friendly_name=text_value(item.get("friendlyName")), quantity=quantity, unit_type=text_value(item.get("unitType")),
+        status=_req_text(item, "status").lower(), auto_renew=bool_value(item.get("autoRenewEnabled")),
+        billing_cycle=text_value(item.get("billingCycle")), term_duration=text_value(item.get("termDuration")),
+        creation_date=iso_time(item.get("creationDate")), effective_start_date=iso_date(item.get("effectiveStartDate")),
+        commitment_end_date=iso_date(item.get("commitmentEndDate")), is_trial=bool_value(item.get("isTrial")),
+        order_id=text_value(item.get("orderId")))
 
 
 def _offer(item: Any) -> Offer:
@@ -539,16 +492,16 @@ def _offer(item: Any) -> Offer:
     if not isinstance(prerequisites, list) or not isinstance(cycles, list):
         raise ValueError("'prerequisiteOffers' and 'supportedBillingCycles' must be lists")
     return Offer(
-        id=_req_text(item, "id"), name=_req_text(item, "name"), description=_text(item.get("description")),
-        category=_text(category.get("name") or category.get("id")), product_id=_text(product.get("id")),
-        product_name=_text(product.get("name")), unit_type=_text(item.get("unitType") or product.get("unit")),
-        billing=_text(item.get("billing")), min_quantity=_opt_int(item, "minimumQuantity"),
-        max_quantity=_opt_int(item, "maximumQuantity"), is_trial=_bool(item.get("isTrial")),
-        is_addon=_bool(item.get("isAddOn")), is_auto_renewable=_bool(item.get("isAutoRenewable")),
-        available_for_purchase=_bool(item.get("isAvailableForPurchase")),
+        id=_req_text(item, "id"), name=_req_text(item, "name"), description=text_value(item.get("description")),
+        category=text_value(category.get("name") or category.get("id")), product_id=text_value(product.get("id")),
+        product_name=text_value(product.get("name")), unit_type=text_value(item.get("unitType") or product.get("unit")),
+        billing=text_value(item.get("billing")), min_quantity=_opt_int(item, "minimumQuantity"),
+        max_quantity=_opt_int(item, "maximumQuantity"), is_trial=bool_value(item.get("isTrial")),
+        is_addon=bool_value(item.get("isAddOn")), is_auto_renewable=bool_value(item.get("isAutoRenewable")),
+        available_for_purchase=bool_value(item.get("isAvailableForPurchase")),
         billing_cycles=tuple(str(c) for c in cycles),
         prerequisite_offers=tuple(str(p.get("id") if isinstance(p, dict) else p) for p in prerequisites),
-        country=_text(item.get("country")), locale=_text(item.get("locale")))
+        country=text_value(item.get("country")), locale=text_value(item.get("locale")))
 
 
 def _sku(item: Any) -> SubscribedSku:
@@ -558,42 +511,18 @@ def _sku(item: Any) -> SubscribedSku:
     active, consumed = _opt_int(item, "activeUnits"), _opt_int(item, "consumedUnits")
     if active is None or consumed is None:
         raise ValueError("'activeUnits' and 'consumedUnits' are required")
-    return SubscribedSku(sku_id=_req_text(sku, "id").lower(), name=_text(sku.get("name")),
-                         part_number=_text(sku.get("skuPartNumber")), active_units=active, consumed_units=consumed,
+    return SubscribedSku(sku_id=_req_text(sku, "id").lower(), name=text_value(sku.get("name")),
+                         part_number=text_value(sku.get("skuPartNumber")), active_units=active, consumed_units=consumed,
                          suspended_units=_opt_int(item, "suspendedUnits"), warning_units=_opt_int(item, "warningUnits"),
                          total_units=_opt_int(item, "totalUnits"),
-                         capability_status=_text(item.get("capabilityStatus")))
+                         capability_status=text_value(item.get("capabilityStatus")))
 
 
-# -- small helpers (shared with the Azure Retail Prices hook) --------------------------------------
-
-
-def _json_object(response, **loads) -> dict[str, Any] | None:
-    try:
-        payload = json.loads(response.content, **loads) if response.content else None
-    except ValueError:
-        return None
-    return payload if isinstance(payload, dict) else None
-
-
-def error_message(response) -> str:
-    payload = _json_object(response) or {}
-    error = payload.get("error") or payload.get("Error")
-    if isinstance(error, dict):
-        return str(error.get("message") or error.get("Message") or error.get("code") or response.reason_phrase)
-    return str(payload.get("description") or payload.get("error_description") or error or response.reason_phrase
-               or "")
+# -- small helpers --------------------------------------------------------------------------------
 
 
 def _iso(value) -> str | None:
     return value.isoformat() if value is not None else None
-
-
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    value = str(value).strip()
-    return value or None
 
 
 def _req_text(item: dict, key: str) -> str:
@@ -603,10 +532,6 @@ def _req_text(item: dict, key: str) -> str:
     return value.strip()
 
 
-def _bool(value: Any) -> bool | None:
-    return value if isinstance(value, bool) else None
-
-
 def _opt_int(item: dict, key: str) -> int | None:
     value = item.get(key)
     if value is None:
@@ -614,17 +539,3 @@ def _opt_int(item: dict, key: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, (int, Decimal)) or value != int(value):
         raise ValueError(f"'{key}' is not a whole number: {value!r}")
     return int(value)
-
-
-def _time(value: Any) -> datetime | None:
-    if value in (None, ""):
-        return None
-    if not isinstance(value, str):
-        raise ValueError(f"not a date/time: {value!r}")
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
-
-
-def _date(value: Any) -> date | None:
-    moment = _time(value)
-    return moment.astimezone(timezone.utc).date() if moment is not None else None

@@ -24,9 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from airflow.sdk import BaseHook
-
-from panelflow.hooks._retrying_http import base_url_of
+from panelflow.hooks._http import HttpApiHook, RequestRefused, Retryable, json_object
 
 
 class PaymentGatewayError(Exception):
@@ -37,13 +35,8 @@ class GatewayUnavailable(PaymentGatewayError):
     """No answer: whether the card was charged is unknown. Resend with the same idempotency key."""
 
 
-class GatewayRequestRejected(PaymentGatewayError):
+class GatewayRequestRejected(PaymentGatewayError, RequestRefused):
     """The gateway refused the request (4xx other than a decline); it did not execute it."""
-
-    def __init__(self, message: str, *, http_status: int, code: str | None = None):
-        super().__init__(message)
-        self.http_status = http_status
-        self.code = code
 
 
 class GatewayAuthenticationError(GatewayRequestRejected):
@@ -73,20 +66,26 @@ class ChargeDeclined:
 ChargeResult = ChargeApproved | ChargeDeclined
 
 
-class PaymentGatewayHook(BaseHook):
-    """One ``httpx.Client`` per hook (connection reuse across a run's charges); ``close()`` it."""
+class PaymentGatewayHook(HttpApiHook):
+    """One ``httpx.Client`` per hook (connection reuse across a run's charges); ``close()`` it.
+
+    It never retries: a charge whose outcome is unknown is :class:`GatewayUnavailable` at once,
+    and only the caller may resend it (same key, later), because only the caller records that it
+    is still owed an answer.
+    """
 
     conn_name_attr = "payment_gateway_conn_id"
     default_conn_name = "payment_gateway"
     conn_type = "panelflow_payment_gateway"
     hook_name = "panelflow payment gateway"
 
+    BASE_URL_NAME = "the gateway's base URL"
+    USER_AGENT = "panelflow-billing"
     DEFAULT_TIMEOUT = 10.0
+    RETRIES = False
 
     def __init__(self, payment_gateway_conn_id: str = default_conn_name, **kwargs):
-        super().__init__(**kwargs)
-        self.payment_gateway_conn_id = payment_gateway_conn_id
-        self._client = None
+        super().__init__(payment_gateway_conn_id, **kwargs)
 
     @classmethod
     def get_connection_form_widgets(cls) -> dict[str, Any]:
@@ -100,47 +99,19 @@ class PaymentGatewayHook(BaseHook):
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        return {
-            "hidden_fields": ["login"],
-            "relabeling": {"host": "API base URL", "password": "Secret API key", "schema": "Scheme (http/https)"},
-            "placeholders": {"host": "https://api.gateway.example", "schema": "https",
-                             "extra": '{"timeout": 10}'},
-        }
+        return cls._rest_form(hidden=["login"], labels={"password": "Secret API key"},
+                              host="https://api.gateway.example", extra='{"timeout": 10}')
 
     # -- connection -----------------------------------------------------------------------------
 
     def base_url(self, conn=None) -> str:
-        conn = conn or self.get_connection(self.payment_gateway_conn_id)
-        return base_url_of(conn, self.payment_gateway_conn_id, missing="the gateway's base URL")
+        return self._api_url(conn or self.get_connection(self.payment_gateway_conn_id))
 
-    def get_conn(self):
-        """The hook's ``httpx.Client``: base URL, bearer key and timeout from the connection."""
-        if self._client is None:
-            import httpx
-
-            conn = self.get_connection(self.payment_gateway_conn_id)
-            if not conn.password:
-                raise ValueError(f"connection {self.payment_gateway_conn_id!r} has no password (the API key)")
-            timeout = float(conn.extra_dejson.get("timeout", self.DEFAULT_TIMEOUT))
-            self._client = httpx.Client(
-                base_url=self.base_url(conn),
-                headers={"Authorization": f"Bearer {conn.password}", "Accept": "application/json",
-                         "User-Agent": "panelflow-billing"},
-                timeout=httpx.Timeout(timeout),
-                follow_redirects=False,  # a redirect would replay the key to another host
-            )
-        return self._client
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-
-    def __enter__(self) -> "PaymentGatewayHook":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def _configure(self, conn, extra: dict[str, Any]) -> dict[str, str]:
+        """The secret key, sent as a bearer header and nowhere else."""
+        if not conn.password:
+            raise ValueError(f"connection {self.payment_gateway_conn_id!r} has no password (the API key)")
+        return {"Authorization": f"Bearer {conn.password}"}
 
     def test_connection(self) -> tuple[bool, str]:
         """Whether the gateway answers and accepts the key, without charging (a lookup of no charge)."""
@@ -164,21 +135,18 @@ class PaymentGatewayHook(BaseHook):
         this exact request (same key, same arguments) later; a different body under the same
         key is refused by the gateway (:class:`IdempotencyKeyConflict`).
         """
-        import httpx
-
         if not isinstance(amount_minor, int) or amount_minor <= 0:
             raise ValueError(f"amount_minor must be a positive integer, not {amount_minor!r}")
         body = {"amount": amount_minor, "currency": currency, "source": source, "description": description,
                 "metadata": dict(metadata or {})}
-        try:
-            response = self.get_conn().post("/v1/charges", json=body, headers={"Idempotency-Key": idempotency_key})
-        except httpx.TimeoutException as exc:
-            raise GatewayUnavailable(f"charge {idempotency_key}: no answer in time ({type(exc).__name__})") from exc
-        except httpx.TransportError as exc:
-            raise GatewayUnavailable(f"charge {idempotency_key}: {type(exc).__name__}: {exc}") from exc
+        try:  # sent once: a timeout or lost connection leaves the outcome unknown, for the caller to resend
+            response = self._send(self.get_conn(), "POST", "/v1/charges", json=body,
+                                  headers={"Idempotency-Key": idempotency_key})
+        except Retryable as exc:
+            raise GatewayUnavailable(f"charge {idempotency_key}: {exc}") from exc.__cause__
         replayed = response.headers.get("Idempotent-Replayed", "").lower() == "true"
         status = response.status_code
-        payload = _json(response)
+        payload = json_object(response) or {}
         error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
         code = error.get("code")
         message = str(error.get("message") or response.reason_phrase)
@@ -215,11 +183,3 @@ class PaymentGatewayHook(BaseHook):
                                   replayed=replayed)
         # "pending" and anything unknown: not final; resending the key later gets the final state
         raise GatewayUnavailable(f"charge {key}: the gateway reports status {state!r}, not a final outcome")
-
-
-def _json(response) -> dict[str, Any]:
-    try:
-        payload = response.json()
-    except ValueError:
-        return {}
-    return payload if isinstance(payload, dict) else {}

@@ -25,6 +25,8 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 
+from panelflow.hooks._extras import extra_number, flag
+
 # poplib refuses lines over 2048 octets (module-wide ``_MAXLINE``), and an error in the middle of a
 # RETR leaves the session unusable. Real mail has longer lines (RFC 5322 allows 998, senders send
 # more); the hook's clients read lines up to this many octets instead.
@@ -92,9 +94,9 @@ class Pop3Hook(BaseHook):
             extra = conn.extra_dejson
             if not conn.host or not conn.login:
                 raise ValueError(f"connection {self.pop3_conn_id!r} needs a host and a login")
-            use_ssl = _flag(extra.get("ssl", conn.port == poplib.POP3_SSL_PORT))
-            starttls = _flag(extra.get("starttls", False))
-            timeout = float(extra.get("timeout", self.DEFAULT_TIMEOUT))
+            use_ssl = flag(extra.get("ssl", conn.port == poplib.POP3_SSL_PORT))
+            starttls = flag(extra.get("starttls", False))
+            timeout = extra_number(self.pop3_conn_id, extra, "timeout", self.DEFAULT_TIMEOUT)
             port = conn.port or (poplib.POP3_SSL_PORT if use_ssl else poplib.POP3_PORT)
             context = None
             if use_ssl or starttls:
@@ -187,12 +189,6 @@ class Pop3Hook(BaseHook):
     def delete(self, number: int) -> None:
         """Mark message ``number`` for deletion (DELE); the server deletes it at QUIT."""
         self._call(f"DELE {number}", self.get_conn().dele, number)
-
-
-def _flag(value) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
 
 
 def _text(exc: BaseException) -> str:

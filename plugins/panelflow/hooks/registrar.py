@@ -39,9 +39,8 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
-from airflow.sdk import BaseHook
-
-from panelflow.hooks._retrying_http import Retryable, RetryingHttp, base_url_of, retry_after
+from panelflow.hooks._extras import extra_number
+from panelflow.hooks._http import HttpApiHook, RequestRefused, bool_value, error_message, iso_time, json_object, text_value
 
 ROLES = ("registrant", "admin", "tech", "billing")
 # what registrars call the same roles
@@ -58,12 +57,8 @@ class RegistrarUnavailable(RegistrarError):
     """Busy (429), failing (5xx) or unreachable through every attempt."""
 
 
-class RegistrarRequestError(RegistrarError):
+class RegistrarRequestError(RegistrarError, RequestRefused):
     """The registrar refused the request (4xx); resending it unchanged will not help."""
-
-    def __init__(self, message: str, *, http_status: int):
-        super().__init__(message)
-        self.http_status = http_status
 
 
 class RegistrarAuthenticationError(RegistrarRequestError):
@@ -118,7 +113,7 @@ class DomainList:
     complete: bool  # as many distinct domains as the registrar said it has (the list did not move meanwhile)
 
 
-class RegistrarHook(RetryingHttp, BaseHook):
+class RegistrarHook(HttpApiHook):
     """One ``httpx.Client`` per hook (connection reuse across a run's requests); ``close()`` it."""
 
     conn_name_attr = "registrar_conn_id"
@@ -126,6 +121,8 @@ class RegistrarHook(RetryingHttp, BaseHook):
     conn_type = "panelflow_registrar"
     hook_name = "panelflow domain registrar"
 
+    BASE_URL_NAME = "the registrar API's base URL"
+    USER_AGENT = "panelflow-registrar-sync"
     DEFAULT_TIMEOUT = 10.0
     DEFAULT_RETRIES = 4
     DEFAULT_BACKOFF = 1.0
@@ -133,61 +130,27 @@ class RegistrarHook(RetryingHttp, BaseHook):
     DEFAULT_PAGE_SIZE = 100
 
     def __init__(self, registrar_conn_id: str = default_conn_name, *, sleep=time.sleep, **kwargs):
-        super().__init__(**kwargs)
-        self.registrar_conn_id = registrar_conn_id
-        self._sleep = sleep
-        self._client = None
-        self._settings: dict[str, float] = {}
+        super().__init__(registrar_conn_id, sleep=sleep, **kwargs)
+        self._page_size = self.DEFAULT_PAGE_SIZE
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        return {
-            "hidden_fields": ["login"],
-            "relabeling": {"host": "API base URL", "password": "API key", "schema": "Scheme (http/https)"},
-            "placeholders": {"host": "https://api.registrar.example", "schema": "https",
-                             "extra": '{"timeout": 10, "retries": 4, "backoff": 1, "max_retry_wait": 60,'
-                                      ' "page_size": 100}'},
-        }
+        return cls._rest_form(hidden=["login"], labels={"password": "API key"}, host="https://api.registrar.example",
+                              extra='{"timeout": 10, "retries": 4, "backoff": 1, "max_retry_wait": 60,'
+                                    ' "page_size": 100}')
 
     # -- connection -----------------------------------------------------------------------------
 
     def base_url(self, conn) -> str:
-        return base_url_of(conn, self.registrar_conn_id, missing="the registrar API's base URL")
+        return self._api_url(conn)
 
-    def get_conn(self):
-        """The hook's ``httpx.Client``: base URL, bearer key and timeout from the connection."""
-        if self._client is None:
-            import httpx
-
-            conn = self.get_connection(self.registrar_conn_id)
-            if not conn.password:
-                raise ValueError(f"connection {self.registrar_conn_id!r} has no password (the API key)")
-            extra = conn.extra_dejson
-            self._settings = {
-                "retries": max(1, int(extra.get("retries", self.DEFAULT_RETRIES))),
-                "backoff": max(0.0, float(extra.get("backoff", self.DEFAULT_BACKOFF))),
-                "max_retry_wait": max(0.0, float(extra.get("max_retry_wait", self.DEFAULT_MAX_RETRY_WAIT))),
-                "page_size": max(1, int(extra.get("page_size", self.DEFAULT_PAGE_SIZE))),
-            }
-            self._client = httpx.Client(
-                base_url=self.base_url(conn),
-                headers={"Authorization": f"Bearer {conn.password}", "Accept": "application/json",
-                         "User-Agent": "panelflow-registrar-sync"},
-                timeout=httpx.Timeout(float(extra.get("timeout", self.DEFAULT_TIMEOUT))),
-                follow_redirects=False,  # a redirect would replay the key to another host
-            )
-        return self._client
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-
-    def __enter__(self) -> "RegistrarHook":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def _configure(self, conn, extra: dict[str, Any]) -> dict[str, str]:
+        """The API key (a bearer header) and the list's page size."""
+        if not conn.password:
+            raise ValueError(f"connection {self.registrar_conn_id!r} has no password (the API key)")
+        self._page_size = extra_number(self.registrar_conn_id, extra, "page_size", self.DEFAULT_PAGE_SIZE, kind=int,
+                                       minimum=1)
+        return {"Authorization": f"Bearer {conn.password}"}
 
     def test_connection(self) -> tuple[bool, str]:
         """Whether the registrar answers and accepts the key (one page of one domain)."""
@@ -201,28 +164,20 @@ class RegistrarHook(RetryingHttp, BaseHook):
 
     def _get(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         """The JSON object at ``path``, retrying what is worth retrying."""
-        client = self.get_conn()
-        try:
-            for attempt in self._retrying():
-                with attempt:
-                    return self._once(client, path, params)
-        except Retryable as exc:
-            raise RegistrarUnavailable(f"registrar {self.registrar_conn_id!r}: GET {path}: {exc}"
-                                       f" ({self._attempts()})") from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+        where = f"registrar {self.registrar_conn_id!r}: GET {path}"
+        return self._with_retries(lambda: self._once(path, params),
+                                  lambda reason: RegistrarUnavailable(f"{where}: {reason}"))
 
-    def _once(self, client, path: str, params: dict[str, Any] | None) -> dict[str, Any]:
-        response = self._send(client, "GET", path, params=params)
+    def _once(self, path: str, params: dict[str, Any] | None) -> dict[str, Any]:
+        response = self._answer("GET", path, params=params)
         status = response.status_code
         if status == 200:
-            payload = _json(response)
+            payload = json_object(response)
             if payload is None:
                 raise RegistrarResponseError(f"registrar {self.registrar_conn_id!r}: GET {path}: the answer is not"
                                              " a JSON object")
             return payload
-        message = _error_message(response)
-        if status == 429 or status >= 500:
-            raise Retryable(f"HTTP {status} {message}".strip(), retry_after(response.headers.get("Retry-After")))
+        message = error_message(response)
         where = f"registrar {self.registrar_conn_id!r}: GET {path}: HTTP {status}"
         if status in (401, 403):
             raise RegistrarAuthenticationError(f"{where}: the API key was refused ({message})", http_status=status)
@@ -235,7 +190,7 @@ class RegistrarHook(RetryingHttp, BaseHook):
     def list_domains(self) -> DomainList:
         """Every domain of the account, page by page (deduplicated by name)."""
         self.get_conn()
-        per_page = int(self._settings["page_size"])
+        per_page = self._page_size
         seen: dict[str, DomainSummary] = {}
         page, total = 1, None
         while page <= MAX_PAGES:
@@ -274,62 +229,33 @@ class RegistrarHook(RetryingHttp, BaseHook):
             if isinstance(street, list):
                 street = "\n".join(str(s) for s in street if s)
             parsed[role] = Contact(
-                handle=_text(contact.get("handle") or contact.get("id")), name=_text(contact.get("name")),
-                organization=_text(contact.get("organization")), email=_text(contact.get("email")),
-                phone=_text(contact.get("phone")), street=_text(street), city=_text(address.get("city")),
-                postal_code=_text(address.get("postal_code")), state=_text(address.get("state")),
-                country=_text(address.get("country")))
+                handle=text_value(contact.get("handle") or contact.get("id")), name=text_value(contact.get("name")),
+                organization=text_value(contact.get("organization")), email=text_value(contact.get("email")),
+                phone=text_value(contact.get("phone")), street=text_value(street), city=text_value(address.get("city")),
+                postal_code=text_value(address.get("postal_code")), state=text_value(address.get("state")),
+                country=text_value(address.get("country")))
         return DomainDetail(
             name=summary.name, status=summary.status, expires_at=summary.expires_at, updated_at=summary.updated_at,
             nameservers=tuple(dict.fromkeys(str(n).strip().lower().rstrip(".") for n in nameservers if n)),
-            locked=_bool(payload.get("locked")), auto_renew=_bool(payload.get("auto_renew")), contacts=parsed)
+            locked=bool_value(payload.get("locked")), auto_renew=bool_value(payload.get("auto_renew")), contacts=parsed)
 
     def _summary(self, item: Any) -> DomainSummary:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not item["name"].strip():
             raise RegistrarResponseError(f"registrar {self.registrar_conn_id!r}: a domain without a name:"
                                          f" {item!r:.200}")
         try:
-            return DomainSummary(name=item["name"].strip().lower().rstrip("."), status=_text(item.get("status")),
+            return DomainSummary(name=item["name"].strip().lower().rstrip("."), status=text_value(item.get("status")),
                                  expires_at=_time(item.get("expires_at")), updated_at=_time(item.get("updated_at")))
         except ValueError as exc:
             raise RegistrarResponseError(f"registrar {self.registrar_conn_id!r}: {item['name']}: {exc}") from exc
 
 
-def _json(response) -> dict[str, Any] | None:
-    try:
-        payload = response.json()
-    except ValueError:
-        return None
-    return payload if isinstance(payload, dict) else None
-
-
-def _error_message(response) -> str:
-    payload = _json(response) or {}
-    error = payload.get("error")
-    if isinstance(error, dict):
-        return str(error.get("message") or error.get("code") or response.reason_phrase)
-    return str(error or response.reason_phrase or "")
-
-
-
 def _time(value: Any) -> datetime | None:
     if value in (None, ""):
         return None
-    if isinstance(value, (int, float)):
+    if isinstance(value, (int, float)):  # some registrars send epoch seconds
         return datetime.fromtimestamp(value, tz=timezone.utc)
-    parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
-
-
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    value = str(value).strip()
-    return value or None
-
-
-def _bool(value: Any) -> bool | None:
-    return value if isinstance(value, bool) else None
+    return iso_time(str(value))
 
 
 def _int(value: Any) -> int | None:

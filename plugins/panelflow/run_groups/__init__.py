@@ -42,7 +42,7 @@ state through the Task SDK's execution API (``RuntimeTaskInstance.get_dagrun_sta
 credentials, no metadata DB access); a holder whose run is no longer ``queued``/``running`` (or
 was deleted) is stale and its rows are removed. Bound: ``poll_seconds`` (2 s) plus one question
 through the triggerer's supervisor after Airflow has ended the holder's run — 2.4–7.8 s from the
-run's end to the partner holding the groups, measured on 2 cores (tests/test_run_group_exclusion.py).
+run's end to the partner holding the groups, measured on 2 cores (tests/run_groups/test_run_group_exclusion.py).
 A killed task process is failed by its supervisor within seconds and the release (a teardown)
 still runs: the partner held the groups 2–8 s after the kill. A dead supervisor is failed by the
 scheduler after ``[scheduler] task_instance_heartbeat_timeout`` (120 s in ``airflow.cfg.template``).

@@ -13,8 +13,6 @@ from airflow.sdk import BaseOperator
 from panelflow.run_groups.leases import (
     GUARD_TASK_ID, POLL_SECONDS, RELEASE_TASK_ID, dagrun_state, lease_minutes, panel_conn, release, renew, try_acquire,
 )
-from panelflow.run_groups.trigger import RunGroupLeaseTrigger
-
 log = logging.getLogger(__name__)
 
 
@@ -51,6 +49,8 @@ class RunGroupGuardOperator(BaseOperator):
             return {"run_groups": self.run_groups, "waited": False, "cleared": list(attempt.cleared),
                     "waited_since": None}
         self.log.info("in queue: run groups %s are held by %s", ", ".join(self.run_groups), ", ".join(attempt.blockers))
+        from panelflow.run_groups.trigger import RunGroupLeaseTrigger  # the triggerer's module, not the parse's
+
         # the trigger takes the groups and ends this task itself (TaskSuccessEvent): no resume
         self.defer(
             trigger=RunGroupLeaseTrigger(dag_id=dag_id, run_id=run_id, run_groups=self.run_groups,

@@ -253,8 +253,7 @@ def sync_hostmatic_dns_records(panel_db, interval, log) -> dict:
                 report.add("records_removed", removed)
                 if added or removed:
                     report.add("domains_changed")
-    for key in ("synced", "records_read", "records_added", "records_removed", "domains_changed", "deferred"):
-        report.counts.setdefault(key, 0)
+    report.zero("synced", "records_read", "records_added", "records_removed", "domains_changed", "deferred")
     summary = report.as_dict()
     if log is not None and summary["skipped"]:
         log.warning("DNS sync: %s", summary["skipped"])
@@ -328,10 +327,8 @@ def send_domain_verification_notices(panel_db, interval) -> dict:
                 }, not_before=at)
                 report.add(f"reminder_{reminder}")
         unmailable, examples = conn.execute(_UNMAILABLE, args).fetchone()
-    for example in examples or ():
-        report.skip("domain contact has no usable e-mail address", example)
-    if unmailable > len(examples or ()):
-        report.skipped["domain contact has no usable e-mail address"] += unmailable - len(examples or ())
+    if unmailable:
+        report.skip_grouped([("domain contact has no usable e-mail address", unmailable, examples)])
     report.add("notices", len(written))
     report.add("emails_queued", queued)
     return report.as_dict()

@@ -109,10 +109,8 @@ def o365_price_update_notifications(panel_db, interval) -> dict:
             conn.execute(_NOTICES, days)
             prices, notices, already = conn.execute(_TALLY, days).fetchone()
             unmailable, examples = conn.execute(_UNMAILABLE, {"keep": report.keep}).fetchone()
-            for example in examples or ():
-                report.skip("customer has no usable e-mail address", example)
-            if unmailable > len(examples or ()):
-                report.skipped["customer has no usable e-mail address"] += unmailable - len(examples or ())
+            if unmailable:
+                report.skip_grouped([("customer has no usable e-mail address", unmailable, examples)])
             written = conn.execute(_INSERT).fetchall()
             queued = 0
             for customer_id, published_on, changes_json, outbox_key, name, email in written:

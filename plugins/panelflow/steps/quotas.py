@@ -44,14 +44,6 @@ NOTICE_TEMPLATE = "voice_bundle_usage"
 EMAIL_RE = r"^[^@[:space:]]+@[^@[:space:]]+\.[^@[:space:]]+$"
 
 
-def _report_skips(report: StepReport, rows) -> None:
-    """Every bad record counts; only the first ``report.keep`` are named."""
-    for reason, count, examples in rows:
-        for example in examples:
-            report.skip(reason, example)
-        report.skipped[reason] += count - len(examples)
-
-
 # --- QuotaOverUsedWork step 1: over-use episodes --------------------------------------------------
 
 # Every quota of a subscription that is not cancelled, with its latest usable sample.
@@ -144,7 +136,7 @@ def sync_quota_overuse(panel_db, interval) -> dict:
             conn.execute(_QUOTA_STATE, params)
             conn.execute("ANALYZE quota_state")
             checked, unlimited, unmeasured, over = conn.execute(_QUOTA_TALLY).fetchone()
-            _report_skips(report, conn.execute(_QUOTA_SKIPPED, {"keep": report.keep}).fetchall())
+            report.skip_grouped(conn.execute(_QUOTA_SKIPPED, {"keep": report.keep}).fetchall())
             resolved = [r[0] for r in conn.execute(_RESOLVE, params).fetchall()]
             still_over = conn.execute(_REFRESH, params).rowcount
             opened = conn.execute(_OPEN, params).rowcount
@@ -291,7 +283,7 @@ def send_voice_bundle_overusage_notices(panel_db, interval) -> dict:
             conn.execute(_BUNDLE_USAGE, params)
             conn.execute(_CROSSED, params)
             bundle_months, reached, already = conn.execute(_BUNDLE_TALLY).fetchone()
-            _report_skips(report, conn.execute(_UNMAILABLE, {"keep": report.keep}).fetchall())
+            report.skip_grouped(conn.execute(_UNMAILABLE, {"keep": report.keep}).fetchall())
             notices = conn.execute(_NOTICE, params).fetchall()
             queued = 0
             for threshold, outbox_key, month, *details in notices:

@@ -184,12 +184,11 @@ def sync_domain_contacts_and_registrars(panel_db, interval, log) -> dict:
 
     from panelflow.hooks.registrar import RegistrarError, RegistrarHook
 
-    report = StepReport()
+    report = StepReport().zero("accounts", "accounts_synced", "domains_listed", "domains_added", "domains_unlisted",
+                               "details_read", "domains_changed", "contacts_added", "contacts_changed",
+                               "contacts_removed")
     at = interval.end
     deadline = time.monotonic() + RUN_BUDGET_SECONDS
-    for key in ("accounts", "accounts_synced", "domains_listed", "domains_added", "domains_unlisted", "details_read",
-                "domains_changed", "contacts_added", "contacts_changed", "contacts_removed"):
-        report.add(key, 0)
     with panel_db.get_conn() as conn:
         conn.autocommit = True
         accounts = conn.execute("SELECT id, name, conn_id FROM registrar_accounts WHERE enabled"

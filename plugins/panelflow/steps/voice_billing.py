@@ -179,14 +179,6 @@ def _local_midnight(day: date, zone: ZoneInfo) -> datetime:
     return datetime.combine(day, time.min, zone)
 
 
-def _report_skips(report: StepReport, rows) -> None:
-    """Every bad record counts; only the first ``report.keep`` are named, so the summary stays small."""
-    for reason, count, examples in rows:
-        for example in examples:
-            report.skip(reason, example)
-        report.skipped[reason] += count - len(examples)
-
-
 def _bill_day(conn, product: VoiceProduct, day: date, zone: ZoneInfo, report: StepReport) -> None:
     params = {
         "kind": product.kind, "line_kind": product.line_kind, "label": product.label, "day": day,
@@ -200,7 +192,7 @@ def _bill_day(conn, product: VoiceProduct, day: date, zone: ZoneInfo, report: St
         product_writes=sql.SQL(product.writes))
     with conn.transaction():
         conn.execute(rate_day, params)
-        _report_skips(report, conn.execute(_SKIPPED, params).fetchall())
+        report.skip_grouped(conn.execute(_SKIPPED, params).fetchall())
         already_billed, unanswered = conn.execute(_TALLY).fetchone()
         invoices, lines_expected, lines, product_rows, calls = conn.execute(invoice_day, params).fetchone()
         if lines != lines_expected:  # a line taken by a concurrent writer: this invoice's total would be wrong

@@ -1,8 +1,9 @@
-"""GroupActionWorkAD steps 1, 4, 5 and AutoAddUsersInSecurityGroupWork (panelflow.steps.ad_group_actions) on a
-real Samba AD DC (tests/samba_dc.py) and the real panel DB: every object a test touches lives in its own OU."""
+"""GroupActionWorkAD steps 1, 4, 5 and AutoAddUsersInSecurityGroupWork (panelflow.steps.active_directory) on a
+real Samba AD DC (tests/harness/samba_dc.py) and the real panel DB: every object a test touches lives in its own OU."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import threading
 import uuid
@@ -61,6 +62,12 @@ def ad(samba_dc, samba_ou, sql, monkeypatch):  # noqa: F811
     return ad
 
 
+# the module of panelflow.steps.active_directory each step lives in
+STEP_MODULES = {"disable_logins_by_mailbox_type": "mailbox_logins", "rename_delete_hostmatic_db_users": "hostmatic",
+                "add_users_to_security_groups": "security_groups", "change_cn_on_upn_change": "cn_follows_upn",
+                "sync_system_alerts": "alerts"}
+
+
 def _at(end=T0):
     return Interval(end - timedelta(minutes=5), end)
 
@@ -75,14 +82,13 @@ def _state(sql, job):
 
 
 def _process(panel_db, at=T0, **params):
-    from panelflow.steps.ad_group_actions import process_ad_group_actions
+    from panelflow.steps.active_directory.jobs import process_ad_group_actions
 
     return process_ad_group_actions(panel_db, _at(at), params, None)
 
 
 def _step(name, panel_db, at=T0, **params):
-    import panelflow.steps.ad_group_actions as steps
-
+    steps = importlib.import_module(f"panelflow.steps.active_directory.{STEP_MODULES[name]}")
     return getattr(steps, name)(panel_db, _at(at), params, None)
 
 
@@ -249,7 +255,7 @@ def test_an_unreachable_directory_keeps_the_job_pending_until_its_attempts_run_o
 
 def test_two_processors_racing_on_one_queue_run_each_job_once(ad, panel_db, sql):
     from panelflow.hooks.panel_db import PanelDatabaseHook
-    from panelflow.steps.ad_group_actions import process_ad_group_actions
+    from panelflow.steps.active_directory.jobs import process_ad_group_actions
 
     org, org_dn = ad.org("Race")
     jobs = [_job(sql, "create_user", {"organisation_id": org, "sam_account_name": f"racer{i:02}",
@@ -414,7 +420,7 @@ def test_accounts_of_non_user_mailboxes_are_disabled_and_never_re_enabled(ad, pa
 def test_exchanges_recipient_type_decides_over_the_panels():
     """Samba has no Exchange schema, so this rule is shown on its own: msExchRecipientTypeDetails,
     where AD has it, decides; otherwise the panel's type."""
-    from panelflow.steps.ad_group_actions import no_login_mailbox
+    from panelflow.steps.active_directory.mailbox_logins import no_login_mailbox
 
     assert no_login_mailbox(4, None) == ("shared", "ad")
     assert no_login_mailbox(16, "user") == ("room", "ad")              # converted in Exchange
@@ -558,7 +564,7 @@ def test_system_alerts_open_stay_and_resolve(ad, panel_db, sql, monkeypatch):
 
 def test_steps_with_no_directory_do_nothing_and_fail_only_when_every_directory_fails(panel_db, sql, monkeypatch):
     from panelflow.dev.postgres import free_port
-    from panelflow.steps.ad_group_actions import ACTIONS
+    from panelflow.steps.active_directory.jobs import ACTIONS
 
     for name in ("disable_logins_by_mailbox_type", "rename_delete_hostmatic_db_users", "add_users_to_security_groups",
                  "change_cn_on_upn_change"):

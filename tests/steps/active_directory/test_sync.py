@@ -8,6 +8,7 @@ times AD reports (``pwdLastSet``), not on a fixed date.
 
 from __future__ import annotations
 
+import importlib
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -18,6 +19,10 @@ from panelflow.step import Interval
 from harness.samba_dc import DEFAULT_USER_PASSWORD, samba_dc, samba_ou  # noqa: F401 - fixtures
 
 T0 = datetime.now(timezone.utc).replace(microsecond=0)
+# the module of panelflow.steps.active_directory each step lives in
+STEP_MODULES = {"sync_ad_users": "sync", "sync_locked_users": "lockouts", "send_password_expiry_notices": "notices",
+                "sync_staff_users": "staff", "sync_rds_users": "rds", "update_ad_extended_data": "user_details",
+                "sync_ad_user_services": "user_details"}
 AD_TABLES = "ad_directories"     # every other AD table references it (TRUNCATE … CASCADE)
 
 
@@ -49,8 +54,7 @@ def ad(panel_db, sql, samba_dc, samba_ou, monkeypatch):
 
         @staticmethod
         def run(step, end=T0, **params):
-            import panelflow.steps.active_directory as steps
-
+            steps = importlib.import_module(f"panelflow.steps.active_directory.{STEP_MODULES[step]}")
             return getattr(steps, step)(panel_db, _at(end), params, None)
 
     yield Ctx
@@ -509,7 +513,7 @@ def test_extended_data_organisation_counts_and_user_services(ad, sql):
 def test_mailbox_derivation_from_exchange_attributes():
     """Samba has no Exchange schema; the derivation is checked on entries shaped like AD's answer."""
     from panelflow.hooks.active_directory import ADEntry
-    from panelflow.steps.active_directory import services_of
+    from panelflow.steps.active_directory.user_details import services_of
 
     mailbox = ADEntry("CN=m,OU=o,DC=x", {
         "homeMDB": [b"CN=DB01,CN=Databases,CN=Exchange Administrative Group,CN=Configuration,DC=x"],

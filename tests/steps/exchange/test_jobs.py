@@ -99,7 +99,7 @@ def _quota_record(p: dict, guid: str):
 # -- 1. the group-action queue ------------------------------------------------------------------------------------
 
 def test_every_action_runs_its_script_with_exact_parameters_and_records_results(ex):
-    from panelflow.steps.exchange import process_exchange_group_actions
+    from panelflow.steps.exchange.jobs import process_exchange_group_actions
 
     anna = ex.mailbox("anna.ash", status="pending", previous_status=None, guid=None, database=None)
     room = ex.mailbox("board.room", status="pending", kind="room", guid=None, database=None)
@@ -220,7 +220,7 @@ def test_every_action_runs_its_script_with_exact_parameters_and_records_results(
 
 def test_a_hostile_mailbox_name_reaches_exchange_as_a_literal_parameter(ex):
     from panelflow.hooks.powershell import script_text
-    from panelflow.steps.exchange import process_exchange_group_actions
+    from panelflow.steps.exchange.jobs import process_exchange_group_actions
 
     box = ex.mailbox("x.user", status="pending", guid=None, display=INJECTION)
     job = ex.job("create_mailbox", {"mailbox_id": box, "password": "P@ss'; whoami"})
@@ -236,7 +236,7 @@ def test_a_hostile_mailbox_name_reaches_exchange_as_a_literal_parameter(ex):
 
 
 def test_a_timeout_defers_its_job_and_the_queue_goes_on(ex):
-    from panelflow.steps.exchange import process_exchange_group_actions
+    from panelflow.steps.exchange.jobs import process_exchange_group_actions
 
     bob = ex.mailbox("bob.brown", guid=G[2])
     carol = ex.mailbox("carol.clark", guid=G[3])
@@ -275,7 +275,7 @@ def test_a_timeout_defers_its_job_and_the_queue_goes_on(ex):
 
 
 def test_a_server_timing_out_twice_is_not_called_again_in_the_run(ex):
-    from panelflow.steps.exchange import process_exchange_group_actions
+    from panelflow.steps.exchange.jobs import process_exchange_group_actions
 
     boxes = [ex.mailbox(f"user{i}", guid=G[10 + i]) for i in range(3)]
     zoe = ex.mailbox("zoe.zane", org=2, guid=G[8])
@@ -295,7 +295,7 @@ def test_a_server_timing_out_twice_is_not_called_again_in_the_run(ex):
 
 
 def test_exchange_refusing_a_job_fails_it_with_exchanges_message_and_the_next_succeeds(ex):
-    from panelflow.steps.exchange import process_exchange_group_actions
+    from panelflow.steps.exchange.jobs import process_exchange_group_actions
 
     anna = ex.mailbox("anna.ash", status="pending", guid=None, database=None)
     bob = ex.mailbox("bob.brown", guid=G[2])
@@ -327,7 +327,7 @@ def test_exchange_refusing_a_job_fails_it_with_exchanges_message_and_the_next_su
 
 
 def test_jobs_run_by_priority_and_repeated_actions_do_nothing_twice(ex):
-    from panelflow.steps.exchange import process_exchange_group_actions
+    from panelflow.steps.exchange.jobs import process_exchange_group_actions
 
     bob = ex.mailbox("bob.brown", guid=G[2])
     anna = ex.mailbox("anna.ash", status="pending", guid=None, database=None)
@@ -359,7 +359,7 @@ def test_jobs_run_by_priority_and_repeated_actions_do_nothing_twice(ex):
 # -- 2./3. OWA policies -----------------------------------------------------------------------------------------
 
 def test_pending_owa_policies_are_created_once_and_assigned_in_batches(ex):
-    from panelflow.steps.exchange import assign_owa_policies, create_pending_owa_policies
+    from panelflow.steps.exchange.owa_policies import assign_owa_policies, create_pending_owa_policies
 
     ex.sql("INSERT INTO exchange_owa_policies (exchange_server_id, name, settings) VALUES"
            " (1, 'Contoso OWA', %s), (1, 'Contoso Bad', %s), (2, 'Fabrikam OWA', '{}'), (1, 'Contoso Refused', '{}')",
@@ -431,7 +431,7 @@ CONNECTORS = [
 
 
 def test_send_connectors_recorded_from_exchange_and_the_panels_smart_hosts_pushed(ex):
-    from panelflow.steps.exchange import sync_smart_host_send_connectors
+    from panelflow.steps.exchange.transport import sync_smart_host_send_connectors
 
     ex.sql("INSERT INTO exchange_servers (name, fqdn, conn_id, enabled) VALUES ('EX03', 'ex03.hosting.test', 'exch_ex03', false)")
     ex.sql("INSERT INTO exchange_send_connectors (exchange_server_id, name, managed, desired_smart_hosts,"
@@ -483,7 +483,7 @@ def test_send_connectors_recorded_from_exchange_and_the_panels_smart_hosts_pushe
 
 
 def test_a_server_timing_out_is_reported_and_the_others_synced_all_failing_fails_the_step(ex):
-    from panelflow.steps.exchange import sync_smart_host_send_connectors
+    from panelflow.steps.exchange.transport import sync_smart_host_send_connectors
 
     ex.ps.answer("exchange/get_send_connectors", timeout=True, when=lambda c: c.conn_host == "ex01.hosting.test")
     ex.ps.answer("exchange/get_send_connectors", [CONNECTORS[1]], when=lambda c: c.conn_host == "ex02.hosting.test")
@@ -498,8 +498,9 @@ def test_a_server_timing_out_is_reported_and_the_others_synced_all_failing_fails
 
 
 def test_no_exchange_server_means_nothing_to_do(ex):
-    from panelflow.steps.exchange import (process_exchange_group_actions, sync_external_remote_domains,
-                                          sync_mailbox_permissions, sync_smart_host_send_connectors)
+    from panelflow.steps.exchange.jobs import process_exchange_group_actions
+    from panelflow.steps.exchange.transport import sync_external_remote_domains, sync_smart_host_send_connectors
+    from panelflow.steps.exchange.mailbox_permissions import sync_mailbox_permissions
 
     ex.sql("UPDATE exchange_servers SET enabled = false")
     assert sync_smart_host_send_connectors(ex.db, _at(), {}, None)["observed"] == 0
@@ -512,7 +513,7 @@ def test_no_exchange_server_means_nothing_to_do(ex):
 # -- 5. statuses from the jobs' outcomes ------------------------------------------------------------------------
 
 def test_mailbox_statuses_are_corrected_from_the_latest_finished_job(ex):
-    from panelflow.steps.exchange import correct_mailbox_statuses
+    from panelflow.steps.exchange.jobs import correct_mailbox_statuses
 
     def finished(action, mailbox, status, error=None, finished_at=T0 - timedelta(minutes=3)):
         ex.sql("INSERT INTO group_action_jobs (backend, action, payload, status, error, finished_at, attempts)"
@@ -560,7 +561,7 @@ def test_mailbox_statuses_are_corrected_from_the_latest_finished_job(ex):
 # -- 6. spam filters ----------------------------------------------------------------------------------------------
 
 def test_organisation_spam_settings_become_transport_rules_and_mailbox_thresholds(ex):
-    from panelflow.steps.exchange import handle_oss_spam_filters
+    from panelflow.steps.exchange.spam_filters import handle_oss_spam_filters
 
     a = ex.mailbox("anna.ash", guid=G[1])
     b = ex.mailbox("bob.brown", guid=G[2], status="disabled")
@@ -617,7 +618,7 @@ def test_organisation_spam_settings_become_transport_rules_and_mailbox_threshold
 # -- 7. recycle bin -------------------------------------------------------------------------------------------------
 
 def test_mailboxes_past_the_recycle_days_are_purged_from_their_database(ex):
-    from panelflow.steps.exchange import purge_recycle_bin_mailboxes
+    from panelflow.steps.exchange.recycle_bin import purge_recycle_bin_mailboxes
 
     due = ex.mailbox("a.due", guid=G[1], status="recycle_bin", deleted_at=T0 - timedelta(days=31), database="DB01")
     gone = ex.mailbox("b.gone", guid=G[2], status="recycle_bin", deleted_at=T0 - timedelta(days=40), database="DB01")
@@ -671,7 +672,7 @@ def _remote(name, domain, guid, **settings):
 
 
 def test_remote_domains_recorded_and_the_panels_created_or_set(ex):
-    from panelflow.steps.exchange import sync_external_remote_domains
+    from panelflow.steps.exchange.transport import sync_external_remote_domains
 
     ex.sql("INSERT INTO exchange_remote_domains (exchange_server_id, name, domain_name, managed, desired_settings, status)"
            " VALUES (1, 'Gmail', 'gmail.example', true, %s, 'pending'),"
@@ -729,7 +730,7 @@ def _permissions(guid, address, full=(), send_as=(), behalf=()):
 
 
 def test_permissions_on_exchange_replace_the_panels_rows(ex):
-    from panelflow.steps.exchange import sync_mailbox_permissions
+    from panelflow.steps.exchange.mailbox_permissions import sync_mailbox_permissions
 
     anna = ex.mailbox("anna.ash", guid=G[1])
     bob = ex.mailbox("bob.brown", guid=None)                      # matched by address, its GUID learnt
@@ -788,7 +789,7 @@ def test_permissions_on_exchange_replace_the_panels_rows(ex):
 
 
 def test_forwarding_on_exchange_is_written_to_the_mailbox_rows(ex):
-    from panelflow.steps.exchange import sync_mailbox_forwarding
+    from panelflow.steps.exchange.mailbox_permissions import sync_mailbox_forwarding
 
     anna = ex.mailbox("anna.ash", guid=G[1])
     bob = ex.mailbox("bob.brown", guid=G[2], forwarding_smtp_address="old@gmail.example")

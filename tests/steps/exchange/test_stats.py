@@ -1,4 +1,5 @@
-"""Exchange statistics threads (panelflow.steps.exchange_stats) at the PSRP boundary: the real
+"""Exchange statistics threads (panelflow.steps.exchange: stats, mobile_devices, mail_flow, migrations)
+at the PSRP boundary: the real
 PowerShellHook/pypsrp send our scripts with their parameters to the recorded endpoint, which
 answers with what those scripts print on an Exchange 2019 server
 (include/sandbox/recordings/exchange_stats/), into the real panel DB."""
@@ -113,7 +114,8 @@ def test_scripts_take_parameters_stop_on_errors_and_print_one_json_array():
 # -- CPU and memory -----------------------------------------------------------------------------------
 
 def test_cpu_memory_one_sample_per_server_and_clock_while_the_other_server_times_out(exchange, panel_db, sql):
-    from panelflow.steps.exchange_stats import ExchangeServersFailed, sync_cpu_memory_stats
+    from panelflow.steps.exchange._backend import ExchangeServersFailed
+    from panelflow.steps.exchange.stats import sync_cpu_memory_stats
 
     exchange.serve("get_exchange_counters")
     exchange.time_out("get_exchange_counters", "EXCH02")
@@ -145,7 +147,8 @@ def test_cpu_memory_one_sample_per_server_and_clock_while_the_other_server_times
 
 
 def test_no_exchange_server_configured_is_nothing_to_do(recorded_powershell, panel_db):
-    from panelflow.steps.exchange_stats import read_volume_stats, update_mail_flow_logs
+    from panelflow.steps.exchange.mail_flow import update_mail_flow_logs
+    from panelflow.steps.exchange.stats import read_volume_stats
 
     assert read_volume_stats(panel_db, at(), None)["servers"] == 0
     assert update_mail_flow_logs(panel_db, at(hours=1), None, None)["events"] == 0
@@ -155,7 +158,7 @@ def test_no_exchange_server_configured_is_nothing_to_do(recorded_powershell, pan
 # -- mailbox databases --------------------------------------------------------------------------------
 
 def test_mailbox_databases_upserted_and_sampled_once_per_run_a_bad_record_skipped(exchange, panel_db, sql):
-    from panelflow.steps.exchange_stats import sync_mailbox_database_stats
+    from panelflow.steps.exchange.stats import sync_mailbox_database_stats
 
     data = copy.deepcopy(recording("get_mailbox_database_stats"))
     data["EXCH01"].append({**data["EXCH01"][0], "Name": "DB04", "Guid": "5e0c9b7a-4d3f-4a21-8c6e-0f2b4d6a8c1e",
@@ -202,7 +205,7 @@ def test_mailbox_databases_upserted_and_sampled_once_per_run_a_bad_record_skippe
 # -- services and inventory ---------------------------------------------------------------------------
 
 def test_service_states_and_role_health_per_server(exchange, panel_db, sql):
-    from panelflow.steps.exchange_stats import read_service_stats
+    from panelflow.steps.exchange.stats import read_service_stats
 
     data = copy.deepcopy(recording("get_exchange_services"))
     data["EXCH02"][0]["Services"].append({"Name": "MSExchangeUM", "DisplayName": "Microsoft Exchange Unified Messaging",
@@ -252,7 +255,7 @@ def test_service_states_and_role_health_per_server(exchange, panel_db, sql):
 
 
 def test_inventory_details_and_roles(exchange, panel_db, sql):
-    from panelflow.steps.exchange_stats import read_inventory_details
+    from panelflow.steps.exchange.stats import read_inventory_details
 
     exchange.serve("get_exchange_inventory")
     exchange.time_out("get_exchange_inventory", "EXCH01")
@@ -283,7 +286,7 @@ def test_inventory_details_and_roles(exchange, panel_db, sql):
 # -- volumes ------------------------------------------------------------------------------------------
 
 def test_volumes_sampled_for_the_disk_monitor_with_the_databases_they_hold(exchange, panel_db, sql):
-    from panelflow.steps.exchange_stats import read_volume_stats
+    from panelflow.steps.exchange.stats import read_volume_stats
 
     (mail_a,) = sql("INSERT INTO servers (name, role, host) VALUES ('mail-a', 'remote', 'exch01.corp.example')"
                     " RETURNING id")[0]    # EXCH01, already monitored under another name
@@ -341,7 +344,7 @@ CONTOSO_CSV = (
 
 
 def test_mobile_devices_per_mailbox_daily_report_and_removal_only_when_every_server_answered(exchange, panel_db, sql):
-    from panelflow.steps.exchange_stats import fetch_mobile_devices_report
+    from panelflow.steps.exchange.mobile_devices import fetch_mobile_devices_report
 
     data = copy.deepcopy(recording("get_mobile_device_statistics"))
     data["EXCH02"].append({**data["EXCH02"][0], "DeviceId": "ApplX0000000000", "MailboxGuid": None})   # malformed
@@ -413,7 +416,7 @@ def ts(text):
 
 
 def test_mail_flow_reads_the_data_interval_once_per_event_and_recipient(exchange, panel_db, sql):
-    from panelflow.steps.exchange_stats import update_mail_flow_logs
+    from panelflow.steps.exchange.mail_flow import update_mail_flow_logs
 
     data = copy.deepcopy(recording("get_message_tracking_log"))
     data["EXCH02"].append({**data["EXCH02"][0], "Timestamp": "yesterday", "InternalMessageId": 15032385700})
@@ -473,7 +476,7 @@ def test_mail_flow_reads_the_data_interval_once_per_event_and_recipient(exchange
 
 
 def test_mail_flow_splits_a_cut_answer_into_shorter_spans(exchange, panel_db, sql):
-    from panelflow.steps.exchange_stats import update_mail_flow_logs
+    from panelflow.steps.exchange.mail_flow import update_mail_flow_logs
 
     events = recording("get_message_tracking_log")["EXCH01"]
 
@@ -499,7 +502,7 @@ def test_mail_flow_splits_a_cut_answer_into_shorter_spans(exchange, panel_db, sq
 # -- migration batches --------------------------------------------------------------------------------
 
 def test_migration_batches_updated_and_a_finished_batch_told_once(exchange, panel_db, sql):
-    from panelflow.steps.exchange_stats import update_migration_batch_status
+    from panelflow.steps.exchange.migrations import update_migration_batch_status
 
     data = copy.deepcopy(recording("get_migration_batches"))
     legacy = {**data["EXCH01"][0], "Identity": "Legacy-2025", "BatchGuid": "1b3d5f70-2a4c-4e6a-8c0e-9f1b3d5f7a9c",

@@ -161,7 +161,7 @@ VM_STATS_HV01 = {"ComputerName": "HV01", "HypervisorRunTimePercent": 18.42, "VMs
 
 
 def _sync_inventory(panel_db, at=T0):
-    from panelflow.steps.hyperv import sync_hypervisor_inventory
+    from panelflow.steps.hyperv.inventory import sync_hypervisor_inventory
 
     return sync_hypervisor_inventory(panel_db, _at(at))
 
@@ -181,7 +181,7 @@ def _inventory(recorded_powershell, panel_db, vms, at=T0 - timedelta(minutes=10)
 
 
 def test_bare_metal_inventory_per_host_with_one_host_timing_out(recorded_powershell, hosts, panel_db, sql):
-    from panelflow.steps.hyperv import sync_bare_metal_inventory
+    from panelflow.steps.hyperv.inventory import sync_bare_metal_inventory
 
     recorded_powershell.answer("windows/get_hardware_inventory", [HARDWARE_HV01], when=on("hv01.corp.example"))
     recorded_powershell.answer("windows/get_hardware_inventory", timeout=True, when=on("hv02.corp.example"))
@@ -217,7 +217,7 @@ def test_bare_metal_inventory_per_host_with_one_host_timing_out(recorded_powersh
     assert after[0][:-2] == before[0][:-2] and after[0][-1] == T0           # unchanged since T0
 
     # every host timing out fails the step (Airflow retries and alerts)
-    from panelflow.steps.hyperv import HyperVHostsFailed
+    from panelflow.steps.hyperv._backend import HyperVHostsFailed
 
     recorded_powershell.answer("windows/get_hardware_inventory", timeout=True)
     with pytest.raises(HyperVHostsFailed, match="every Hyper-V host failed"):
@@ -301,7 +301,7 @@ def test_hypervisor_inventory_upserts_vms_disks_adapters_and_marks_gone_vms_dele
 
 
 def test_server_resource_stats_into_the_monitor_tables_and_vm_samples(recorded_powershell, hosts, panel_db, sql):
-    from panelflow.steps.hyperv import sync_server_resource_stats
+    from panelflow.steps.hyperv.stats import sync_server_resource_stats
 
     _inventory(recorded_powershell, panel_db, vms_hv01())
 
@@ -356,7 +356,7 @@ def _job(sql, action, payload, priority=5):
 
 
 def _process(panel_db, at=T0, **params):
-    from panelflow.steps.hyperv import process_vps_group_actions
+    from panelflow.steps.hyperv.jobs import process_vps_group_actions
 
     return process_vps_group_actions(panel_db, _at(at, 5), params, None)
 
@@ -578,7 +578,7 @@ def test_vps_resize_disks_checkpoint_restart_and_delete_with_archived_disks(reco
 
 
 def test_disk_storage_types_from_the_physical_media(recorded_powershell, hosts, panel_db, sql):
-    from panelflow.steps.hyperv import update_disk_storage_types
+    from panelflow.steps.hyperv.storage import update_disk_storage_types
 
     vms = vms_hv01()
     vms[2]["Disks"].append(_disk(r"\\fs01.corp.example\vms$\legacy01-data.vhdx", location=1))
@@ -624,7 +624,7 @@ def _archived(sql, host, path, days_ago, vm=SQL01):
 
 
 def test_archived_vhd_deletion_is_bounded_and_path_guarded(recorded_powershell, hosts, panel_db, sql):
-    from panelflow.steps.hyperv import delete_archived_vhd_files
+    from panelflow.steps.hyperv.storage import delete_archived_vhd_files
 
     folder = rf"{ARCHIVE}\{SQL01}"
     rows = {
@@ -688,7 +688,7 @@ def test_archived_vhd_deletion_is_bounded_and_path_guarded(recorded_powershell, 
 
 
 def test_archive_guard_refuses_anything_outside_the_archive_folder():
-    from panelflow.steps.hyperv import archive_refusal
+    from panelflow.steps.hyperv.storage import archive_refusal
 
     assert archive_refusal(rf"{ARCHIVE}\{SQL01}\sql01.vhdx", ARCHIVE) is None
     assert archive_refusal(rf"{ARCHIVE.lower()}\x\disk.AVHDX", ARCHIVE) is None
@@ -713,7 +713,7 @@ def test_hosts_table_refuses_a_drive_root_or_relative_archive_folder(hosts, sql)
 
 
 def _alerts(panel_db, at, **params):
-    from panelflow.steps.hyperv import generate_vps_threshold_alerts
+    from panelflow.steps.hyperv.thresholds import generate_vps_threshold_alerts
 
     return generate_vps_threshold_alerts(panel_db, _at(at), params, None)
 

@@ -58,7 +58,7 @@ def graph(panel_db, sql, monkeypatch):
 
 
 def _sync(panel_db, at=T0, **params):
-    from panelflow.steps.microsoft365 import sync_tenant_entities
+    from panelflow.steps.microsoft365.tenant_sync import sync_tenant_entities
 
     return sync_tenant_entities(panel_db, Interval(at - timedelta(hours=4), at), params, None)
 
@@ -314,7 +314,7 @@ def test_plain_http_token_endpoint_only_on_loopback():
 
 
 def test_admin_audit_logs_of_the_interval_without_duplicates(graph, panel_db, sql):
-    from panelflow.steps.microsoft365 import sync_o365_admin_audit_logs
+    from panelflow.steps.microsoft365.audit_logs import sync_o365_admin_audit_logs
 
     api = graph(tenants=2, users=5, groups=1)
     late = api.add_audit(0, T0 + timedelta(minutes=30, seconds=5), "Delete user", id="Directory_late_1")
@@ -350,7 +350,7 @@ def test_admin_audit_logs_of_the_interval_without_duplicates(graph, panel_db, sq
 
 
 def test_first_sync_notification_once_per_tenant(graph, panel_db, sql):
-    from panelflow.steps.microsoft365 import send_first_sync_notifications
+    from panelflow.steps.microsoft365.first_sync import send_first_sync_notifications
 
     api = graph(tenants=3, users=20, groups=4)
     api.issuer.fail_tenant(api.tenant_id(2))       # not synced yet: nothing to tell
@@ -378,7 +378,7 @@ def test_mapped_per_tenant_sync_as_the_dag_runs_it(graph, panel_db, sql):
     import logging
 
     from panelflow.step import Interval
-    from panelflow.steps.microsoft365 import TenantSyncFailed, sync_tenant, tenants_to_sync
+    from panelflow.steps.microsoft365.tenant_sync import TenantSyncFailed, sync_tenant, tenants_to_sync
 
     api = graph(tenants=2, users=30, groups=5, page_size=10)
     t0, t1 = api.tenant_id(0), api.tenant_id(1)

@@ -1,4 +1,4 @@
-"""Office365Work (panelflow.steps.office365): the o365 group-action queue as real Graph / Partner Center
+"""Office365Work (panelflow.steps.microsoft365.jobs, .sessions): the o365 group-action queue as real Graph / Partner Center
 calls against the loopback Microsoft sandbox, idle-session closing and token renewal, into the real
 panel DB."""
 
@@ -76,7 +76,7 @@ def _job(sql, action, payload, priority=5):
 
 
 def _process(panel_db, at=T0, **params):
-    from panelflow.steps.office365 import process_o365_group_actions
+    from panelflow.steps.microsoft365.jobs import process_o365_group_actions
 
     return process_o365_group_actions(panel_db, _at(at), params, None)
 
@@ -242,13 +242,13 @@ def test_csp_trial_suspension_job_suspends_the_partner_center_subscription(o365,
 
 
 def _renew(panel_db, at=T0, **params):
-    from panelflow.steps.office365 import renew_tenant_access_tokens
+    from panelflow.steps.microsoft365.sessions import renew_tenant_access_tokens
 
     return renew_tenant_access_tokens(panel_db, _at(at), params, None)
 
 
 def _clear(panel_db, at=T0, **params):
-    from panelflow.steps.office365 import clear_powershell_runspaces
+    from panelflow.steps.microsoft365.sessions import clear_powershell_runspaces
 
     return clear_powershell_runspaces(panel_db, _at(at), params)
 

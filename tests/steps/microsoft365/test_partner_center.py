@@ -24,7 +24,13 @@ from panelflow.hooks.partner_center import (
     PartnerCenterUnavailable,
 )
 from panelflow.step import Interval
-from panelflow.steps import partner_center as steps
+from panelflow.steps.microsoft365._backend import PartnerCenterSyncFailed
+from panelflow.steps.microsoft365.azure_rates import sync_azure_rate_card
+from panelflow.steps.microsoft365.csp_offers import sync_csp_offers
+from panelflow.steps.microsoft365.licence_alerts import generate_threshold_alerts
+from panelflow.steps.microsoft365.orders import order_request_id, process_pending_o365_subscriptions
+from panelflow.steps.microsoft365.reconciliation import reconcile_o365_subscriptions
+from panelflow.steps.microsoft365.renewals import handle_subscription_renewals
 
 from harness import ROOT
 NOW = pendulum.datetime(2026, 11, 20, 5, 10, tz="UTC")
@@ -221,7 +227,7 @@ def test_offers_per_profile_many_pages_a_failing_profile_and_reruns(db, sql, pc,
     _offers(pc, "partner-c", 2)
     monkeypatch.setenv("AIRFLOW_CONN_PC_C", pc.connection("partner-c"))
     pc.issuer.fail_tenant("partner-c")  # its app's credentials are refused
-    summary = steps.sync_csp_offers(db, DAY, LOG)
+    summary = sync_csp_offers(db, DAY, LOG)
     assert (summary["profiles"], summary["profiles_synced"], summary["pages"]) == (3, 2, 4)
     assert (summary["offers_listed"], summary["offers_added"], summary["offers_changed"]) == (15, 15, 0)
     assert summary["skipped"] == {"CSP profile not synced": 1}
@@ -235,12 +241,12 @@ def test_offers_per_profile_many_pages_a_failing_profile_and_reruns(db, sql, pc,
 
     # a rerun writes nothing; a later one sees a renamed and a withdrawn offer
     before = sql("SELECT * FROM csp_offers ORDER BY id")
-    again = steps.sync_csp_offers(db, DAY, LOG)
+    again = sync_csp_offers(db, DAY, LOG)
     assert (again["offers_added"], again["offers_changed"], again["offers_unlisted"]) == (0, 0, 0)
     assert sql("SELECT * FROM csp_offers ORDER BY id") == before
     pc.add_offer("partner-a", "OFFER-03", "Offer 03 (new name)")
     pc.remove_offer("partner-a", "OFFER-11")
-    later = steps.sync_csp_offers(db, at(NOW.add(days=1)), LOG)
+    later = sync_csp_offers(db, at(NOW.add(days=1)), LOG)
     assert (later["offers_added"], later["offers_changed"], later["offers_unlisted"]) == (0, 1, 1)
     assert sql("SELECT offer_id, name, listed, changed_at FROM csp_offers WHERE offer_id IN ('OFFER-03', 'OFFER-11')"
                " ORDER BY 1") == [("OFFER-03", "Offer 03 (new name)", True, NOW.add(days=1)),
@@ -251,12 +257,12 @@ def test_offers_malformed_page_is_rejected_whole_and_nothing_unlisted(db, sql, p
     a, b = profiles(sql)
     _offers(pc, "partner-a", 12)
     _offers(pc, "partner-b", 3, "BETA")
-    steps.sync_csp_offers(db, DAY, LOG)
+    sync_csp_offers(db, DAY, LOG)
     pc.remove_offer("partner-a", "OFFER-00")  # would be unlisted by a complete read
     pc.add_offer("partner-a", "OFFER-06", "Offer 06 renamed")  # page 2 (after the removal: OFFER-06 is 6th)
     pc.add_offer("partner-a", "OFFER-02", "Offer 02 renamed")  # page 1
     pc.malform("offers", page=2)  # profile A's second page (A goes first: it was tried longest ago, by id)
-    summary = steps.sync_csp_offers(db, at(NOW.add(days=1)), LOG)
+    summary = sync_csp_offers(db, at(NOW.add(days=1)), LOG)
     assert summary["profiles_synced"] == 1 and summary["skipped"] == {"CSP profile not synced": 1}
     (example,) = summary["skipped_examples"]
     assert "CSP A" in example and "offers for GB, page 2: item 3: 'id' is missing" in example and "rejected" in example
@@ -269,8 +275,8 @@ def test_offers_malformed_page_is_rejected_whole_and_nothing_unlisted(db, sql, p
     # every profile failing fails the step (Airflow retries it and alerts)
     pc.issuer.fail_tenant("partner-a")
     pc.issuer.fail_tenant("partner-b")
-    with pytest.raises(steps.PartnerCenterSyncFailed, match="every CSP profile failed"):
-        steps.sync_csp_offers(db, at(NOW.add(days=2)), LOG)
+    with pytest.raises(PartnerCenterSyncFailed, match="every CSP profile failed"):
+        sync_csp_offers(db, at(NOW.add(days=2)), LOG)
 
 
 # -- ReconciliateO365SubsWork ---------------------------------------------------------------------
@@ -299,7 +305,7 @@ def test_reconciliation_records_each_difference_once_per_run(db, sql, pc, panel)
     nobody = panel.customer("Nobody Ltd")
     orphan = panel.subscribe(nobody, "OFFER-00", 1)                                   # no tenant anywhere
 
-    summary = steps.reconcile_o365_subscriptions(db, DAY, LOG)
+    summary = reconcile_o365_subscriptions(db, DAY, LOG)
     assert (summary["profiles"], summary["profiles_synced"], summary["customer_pages"]) == (2, 2, 4)  # A 3, B 1
     assert (summary["customers"], summary["customers_added"], summary["subscriptions"]) == (11, 8, 5)
     assert summary["subscriptions_linked"] == 3
@@ -325,13 +331,13 @@ def test_reconciliation_records_each_difference_once_per_run(db, sql, pc, panel)
 
     # a rerun of the same day replaces that day's record (the quantity was fixed meanwhile)
     sql("UPDATE subscriptions SET quantity = 7 WHERE id = %s", (p2,))
-    again = steps.reconcile_o365_subscriptions(db, DAY, LOG)
+    again = reconcile_o365_subscriptions(db, DAY, LOG)
     assert (again["subscriptions_added"], again["subscriptions_changed"], again["subscriptions_linked"]) == (0, 0, 0)
     assert sql("SELECT kind FROM o365_subscription_reconciliations ORDER BY kind") == [
         ("missing_in_panel",), ("missing_in_partner_center",), ("status",)]
     # the next day is recorded beside it; a subscription gone from Partner Center is unlisted and reported
     pc.partners["partner-a"].subscriptions[tenants[0]].pop(s1["id"])
-    nxt = steps.reconcile_o365_subscriptions(db, at(NOW.add(days=1)), LOG)
+    nxt = reconcile_o365_subscriptions(db, at(NOW.add(days=1)), LOG)
     assert nxt["subscriptions_unlisted"] == 1 and nxt["differences_missing_in_partner_center"] == 2
     assert one(sql, "SELECT count(*) FROM o365_subscription_reconciliations WHERE reconciled_at = %s",
                (NOW,)) == 3
@@ -346,7 +352,7 @@ def test_reconciliation_token_expiring_mid_sync_and_throttling_storm(db, sql, pc
     pc.after(6, pc.issuer.expire_all)         # mid-sync: after the customer pages and a few subscription reads
     pc.after(9, lambda: pc.throttle(5, 429, retry_after=0.02))
     pc.after(16, lambda: pc.throttle(3, 503, retry_after=None))
-    summary = steps.reconcile_o365_subscriptions(db, DAY, LOG)
+    summary = reconcile_o365_subscriptions(db, DAY, LOG)
     assert summary["profiles_synced"] == 2 and summary["skipped"] == {}
     assert (summary["customers"], summary["subscriptions"], summary["subscriptions_added"]) == (14, 14, 14)
     assert pc.statuses()[401] == 1 and pc.statuses()[429] == 5 and pc.statuses()[503] == 3
@@ -364,7 +370,7 @@ def test_reconciliation_malformed_page_writes_nothing_of_the_profile(db, sql, pc
     t = pc.add_customer("partner-b", "Tenant B0")
     pc.add_subscription("partner-b", t, "OFFER-00", 1)
     pc.malform("subscriptions", page=4)  # the 4th customer's subscriptions of profile A
-    summary = steps.reconcile_o365_subscriptions(db, DAY, LOG)
+    summary = reconcile_o365_subscriptions(db, DAY, LOG)
     assert summary["profiles_synced"] == 1
     (example,) = summary["skipped_examples"]
     assert example.startswith("CSP A: ") and "subscriptions of customer" in example
@@ -392,13 +398,13 @@ def test_renewals_as_partner_center_reports_them(db, sql, pc, panel):
     p_renewing, p_lapsing = panel.subscribe(cust, "OFFER-00", 5), panel.subscribe(cust, "OFFER-01", 2)
     panel.subscribe(cust, "OFFER-00", 1)
     panel.subscribe(cust, "OFFER-01", 1)
-    steps.reconcile_o365_subscriptions(db, at(NOW.subtract(days=2)), LOG)  # the mirror, as the daily run leaves it
+    reconcile_o365_subscriptions(db, at(NOW.subtract(days=2)), LOG)  # the mirror, as the daily run leaves it
     pc.renew("partner-a", tenant, renewing["id"])
     pc.renew("partner-a", tenant, lapsing["id"])
     n = len(pc.requests)
 
     run = Interval(NOW.subtract(minutes=5), NOW)
-    summary = steps.handle_subscription_renewals(db, run, LOG)
+    summary = handle_subscription_renewals(db, run, LOG)
     assert (summary["due"], summary["renewed"], summary["expired"], summary["not_yet_renewed"]) == (3, 1, 1, 1)
     assert summary["panel_subscriptions_cancelled"] == 1
     asked = sorted(r["path"].rsplit("/", 1)[1] for r in pc.requests[n:])
@@ -414,10 +420,10 @@ def test_renewals_as_partner_center_reports_them(db, sql, pc, panel):
 
     # a rerun asks nothing and records nothing; an hour later the slow one is asked again, and renewed
     n = len(pc.requests)
-    again = steps.handle_subscription_renewals(db, run, LOG)
+    again = handle_subscription_renewals(db, run, LOG)
     assert again["due"] == 0 and len(pc.requests) == n
     pc.renew("partner-a", tenant, slow["id"])
-    later = steps.handle_subscription_renewals(db, Interval(NOW.add(minutes=60), NOW.add(minutes=65)), LOG)
+    later = handle_subscription_renewals(db, Interval(NOW.add(minutes=60), NOW.add(minutes=65)), LOG)
     assert (later["due"], later["renewed"]) == (1, 1)
     assert one(sql, "SELECT count(*) FROM o365_subscription_renewals") == 3
     assert future["id"] not in [r["path"].rsplit("/", 1)[1] for r in pc.requests]
@@ -442,22 +448,22 @@ def test_pending_subscriptions_are_ordered_exactly_once(db, sql, pc, panel):
         sql("INSERT INTO o365_orders (subscription_id, requested_at) VALUES (%s, %s)", (s, NOW.subtract(minutes=s)))
 
     with _hook() as hook:  # the earlier try that placed an order and was killed before writing it down
-        earlier = hook.place_order(tenant, request_id=steps.order_request_id(killed, 1), offer_id="OFFER-01",
+        earlier = hook.place_order(tenant, request_id=order_request_id(killed, 1), offer_id="OFFER-01",
                                    quantity=2, billing_cycle="annual")
     pc.lose_next_order_answer()
     run = Interval(NOW.subtract(minutes=10), NOW)
-    summary = steps.process_pending_o365_subscriptions(db, run, LOG)
+    summary = process_pending_o365_subscriptions(db, run, LOG)
     assert (summary["pending"], summary["orders_placed"], summary["orders_replayed"]) == (5, 3, 2)
     assert (summary["orders_failed"], summary["orders_waiting"]) == (1, 1)
     assert summary["skipped"] == {"customer has no Partner Center tenant yet": 1, "Partner Center refused the order": 1}
     assert len(pc.orders) == 3  # one order each: the lost answer and the killed try were resent, and replayed
     assert sorted(o["request_id"] for o in pc.orders) == sorted(
-        steps.order_request_id(s, 1) for s in (lost, killed, other))
+        order_request_id(s, 1) for s in (lost, killed, other))
     placed = {r[0]: r[1:] for r in sql("SELECT subscription_id, status, order_id, o365_subscription_id,"
                                        " request_id::text, tries, ordered_quantity, ordered_billing_cycle"
                                        " FROM o365_orders")}
     assert placed[killed][1] == earlier.id and placed[killed][0] == "placed"
-    assert placed[lost][0] == "placed" and placed[lost][3] == steps.order_request_id(lost, 1)
+    assert placed[lost][0] == "placed" and placed[lost][3] == order_request_id(lost, 1)
     assert placed[refused][0] == "failed" and placed[waiting][0] == "pending"
     assert placed[killed][5:] == (2, "annual")
     links = dict(sql("SELECT panel_subscription_id, subscription_id FROM o365_subscriptions"))
@@ -466,10 +472,10 @@ def test_pending_subscriptions_are_ordered_exactly_once(db, sql, pc, panel):
 
     # a rerun orders nothing again; the customer that gets a tenant is ordered for then
     n = len(pc.orders)
-    again = steps.process_pending_o365_subscriptions(db, run, LOG)
+    again = process_pending_o365_subscriptions(db, run, LOG)
     assert again["orders_placed"] == 0 and len(pc.orders) == n
     panel.tenant(a, pc.add_customer("partner-a", "Nowhere"), unknown)
-    steps.process_pending_o365_subscriptions(db, Interval(NOW, NOW.add(minutes=10)), LOG)
+    process_pending_o365_subscriptions(db, Interval(NOW, NOW.add(minutes=10)), LOG)
     assert one(sql, "SELECT status FROM o365_orders WHERE subscription_id = %s", (waiting,)) == "placed"
     assert len(pc.orders) == n + 1
 
@@ -485,15 +491,15 @@ def test_orders_kept_pending_while_partner_center_is_unavailable(db, sql, pc, pa
     with _hook() as hook:  # signed in: the storm hits the order itself
         hook._token()
     pc.throttle(100, 503, retry_after=None)
-    with pytest.raises(steps.PartnerCenterSyncFailed):
-        steps.process_pending_o365_subscriptions(db, Interval(NOW, NOW), LOG)
+    with pytest.raises(PartnerCenterSyncFailed):
+        process_pending_o365_subscriptions(db, Interval(NOW, NOW), LOG)
     assert sql("SELECT status, tries FROM o365_orders") == [("pending", 1)]
     assert "gave up after 8 attempts" in one(sql, "SELECT last_error FROM o365_orders")
     assert pc.orders == []
     pc.calm()
     # the quantity changes before the next try: the resend is still the first request (same id, same body)
     sql("UPDATE subscriptions SET quantity = 9 WHERE id = %s", (sub,))
-    summary = steps.process_pending_o365_subscriptions(db, Interval(NOW, NOW.add(minutes=10)), LOG)
+    summary = process_pending_o365_subscriptions(db, Interval(NOW, NOW.add(minutes=10)), LOG)
     assert summary["orders_placed"] == 1
     assert [o["order"]["lineItems"][0]["quantity"] for o in pc.orders] == [4]
 
@@ -501,12 +507,12 @@ def test_orders_kept_pending_while_partner_center_is_unavailable(db, sql, pc, pa
     second = panel.subscribe(cust, "OFFER-00", 1)
     sql("INSERT INTO o365_orders (subscription_id, requested_at) VALUES (%s, %s)", (second, NOW))
     pc.throttle(100, 503, retry_after=None)
-    with pytest.raises(steps.PartnerCenterSyncFailed):
-        steps.process_pending_o365_subscriptions(db, Interval(NOW, NOW.add(minutes=20)), LOG)
+    with pytest.raises(PartnerCenterSyncFailed):
+        process_pending_o365_subscriptions(db, Interval(NOW, NOW.add(minutes=20)), LOG)
     pc.calm()
     sql("UPDATE subscriptions SET status = 'cancelled' WHERE id = %s", (second,))
     n = len(pc.requests)
-    cancelled = steps.process_pending_o365_subscriptions(db, Interval(NOW, NOW.add(minutes=30)), LOG)
+    cancelled = process_pending_o365_subscriptions(db, Interval(NOW, NOW.add(minutes=30)), LOG)
     assert cancelled["orders_failed"] == 1 and len(pc.requests) == n and len(pc.orders) == 1
     assert "after 1 unconfirmed try" in one(sql, "SELECT last_error FROM o365_orders WHERE subscription_id = %s",
                                             (second,))
@@ -526,7 +532,7 @@ def test_licence_threshold_alerts_once_per_crossing(db, sql, pc, panel):
     pc.set_usage("partner-a", tq, "sku-e1", "Office 365 E1", active=0, consumed=1)        # more used than bought
 
     t0 = Interval(NOW.subtract(minutes=10), NOW)
-    summary = steps.generate_threshold_alerts(db, t0, LOG)
+    summary = generate_threshold_alerts(db, t0, LOG)
     assert (summary["tenants_read"], summary["skus_measured"], summary["skus_over"]) == (2, 3, 2)
     assert (summary["alerts_opened"], summary["emails_queued"]) == (2, 1)
     assert summary["skipped"] == {"customer has no usable e-mail address": 1}
@@ -538,18 +544,18 @@ def test_licence_threshold_alerts_once_per_crossing(db, sql, pc, panel):
 
     # the same run again, and the next runs while it stays over: no new alert, no new mail, no new reads
     n = len(pc.requests)
-    assert steps.generate_threshold_alerts(db, t0, LOG)["alerts_opened"] == 0
+    assert generate_threshold_alerts(db, t0, LOG)["alerts_opened"] == 0
     t1 = Interval(NOW, NOW.add(minutes=10))
-    s1 = steps.generate_threshold_alerts(db, t1, LOG)
+    s1 = generate_threshold_alerts(db, t1, LOG)
     assert (s1["alerts_opened"], s1["alerts_still_open"], s1["tenants_read"]) == (0, 2, 0) and len(pc.requests) == n
     # under again (licences bought): cleared once usage is read again; over again later: a new alert and mail
     pc.set_usage("partner-a", ta, "sku-e3", "Office 365 E3", active=30, consumed=19)
     t2 = Interval(NOW.add(hours=7), NOW.add(hours=7, minutes=10))
-    s2 = steps.generate_threshold_alerts(db, t2, LOG)
+    s2 = generate_threshold_alerts(db, t2, LOG)
     assert (s2["tenants_read"], s2["alerts_cleared"], s2["alerts_opened"]) == (2, 1, 0)
     pc.set_usage("partner-a", ta, "sku-e3", "Office 365 E3", active=30, consumed=30)
     t3 = Interval(NOW.add(hours=14), NOW.add(hours=14, minutes=10))
-    s3 = steps.generate_threshold_alerts(db, t3, LOG)
+    s3 = generate_threshold_alerts(db, t3, LOG)
     assert (s3["alerts_opened"], s3["emails_queued"]) == (1, 1)
     assert sql("SELECT sku_id, opened_at, cleared_at FROM csp_licence_alerts WHERE sku_id = 'sku-e3' ORDER BY id") == [
         ("sku-e3", NOW, t2.end), ("sku-e3", t3.end, None)]
@@ -573,7 +579,7 @@ def test_azure_retail_prices_paged_stored_by_effective_date(db, sql, pc):
     _prices(pc, 3, "GBP")
     _prices(pc, 5, service="Storage")  # not in the connection's filter
     pc.throttle(2, 429, retry_after=0.02)
-    summary = steps.sync_azure_rate_card(db, DAY, LOG)
+    summary = sync_azure_rate_card(db, DAY, LOG)
     assert (summary["currencies"], summary["pages"], summary["prices_read"], summary["rates_added"]) == (2, 4, 13, 13)
     paths = [(r["query"].get("$skip"), r["query"].get("currencyCode"), r["status"]) for r in pc.requests]
     assert paths == [(None, ["'USD'"], 429), (None, ["'USD'"], 429), (None, ["'USD'"], 200), (["4"], ["'USD'"], 200),
@@ -584,24 +590,24 @@ def test_azure_retail_prices_paged_stored_by_effective_date(db, sql, pc):
                     "retail_prices", NOW, "D9 v3")]
 
     # a rerun rewrites nothing; a new price list effective later adds rows and keeps the old ones
-    assert steps.sync_azure_rate_card(db, DAY, LOG)["rates_added"] == 0
+    assert sync_azure_rate_card(db, DAY, LOG)["rates_added"] == 0
     assert one(sql, "SELECT count(*) FROM azure_rates WHERE changed_at = %s", (NOW,)) == 13
     pc.prices[:] = [p for p in pc.prices if p["meterId"] != "meter-01"]
     pc.add_price(meterName="D1 v3", meterId="meter-01", currencyCode="USD", retailPrice=0.05, unitPrice=0.05,
                  effectiveStartDate="2026-12-01T00:00:00Z")
-    later = steps.sync_azure_rate_card(db, at(NOW.add(days=1)), LOG)
+    later = sync_azure_rate_card(db, at(NOW.add(days=1)), LOG)
     assert (later["rates_added"], later["rates_repriced"]) == (1, 0)
     assert sql("SELECT effective_date, unit_price FROM azure_rates WHERE meter_id = 'meter-01' AND currency = 'USD'"
                " ORDER BY 1") == [(date(2026, 1, 1), Decimal("0.0246913578")), (date(2026, 12, 1), Decimal("0.05"))]
     # a price corrected for the same effective date is updated in place
     next(p for p in pc.prices if p["meterId"] == "meter-02" and p["currencyCode"] == "USD")["unitPrice"] = 0.04
-    fixed = steps.sync_azure_rate_card(db, at(NOW.add(days=2)), LOG)
+    fixed = sync_azure_rate_card(db, at(NOW.add(days=2)), LOG)
     assert (fixed["rates_added"], fixed["rates_repriced"], fixed["rates_refreshed"]) == (0, 1, 0)
     assert sql("SELECT unit_price, retail_price, changed_at, fetched_at FROM azure_rates"
                " WHERE meter_id = 'meter-02' AND currency = 'USD'") == [
         (Decimal("0.04"), Decimal("0.0370370367"), NOW.add(days=2), NOW.add(days=2))]
     # rates still listed a month on get a fresh fetched_at (the retention step's clock), once a month only
-    month = steps.sync_azure_rate_card(db, at(NOW.add(days=31)), LOG)
+    month = sync_azure_rate_card(db, at(NOW.add(days=31)), LOG)
     assert (month["rates_added"], month["rates_repriced"], month["rates_refreshed"]) == (0, 0, 10)
     assert sql("SELECT meter_id, currency, effective_date, fetched_at FROM azure_rates WHERE fetched_at < %s"
                " ORDER BY 1, 2, 3", (NOW.add(days=31),)) == [
@@ -615,7 +621,7 @@ def test_azure_retail_prices_malformed_page_rejected_with_no_partial_write(db, s
     _prices(pc, 10)
     pc.malform("prices", page=2)
     with pytest.raises(AzureRetailPricesResponseError) as err:
-        steps.sync_azure_rate_card(db, DAY, LOG)
+        sync_azure_rate_card(db, DAY, LOG)
     message = str(err.value)
     assert "USD prices, page 2: item 3 (meter m-bad): 'retailPrice' is not a number: 'n/a'" in message
     assert "nothing of it written" in message
@@ -649,11 +655,11 @@ def test_sandbox_command_line_and_the_make_run_connections(db, sql, monkeypatch)
             "conn_type": "panelflow_azure_retail_prices", "host": "127.0.0.1", "port": port, "schema": "http",
             "extra": {"currencies": ["USD", "GBP"], "timeout": 10}}))
         sql("INSERT INTO csp_profiles (name, conn_id, country) VALUES ('Sandbox CSP', 'partner_center', 'GB')")
-        assert steps.sync_csp_offers(db, DAY, LOG)["offers_added"] == 12
-        reconciled = steps.reconcile_o365_subscriptions(db, DAY, LOG)
+        assert sync_csp_offers(db, DAY, LOG)["offers_added"] == 12
+        reconciled = reconcile_o365_subscriptions(db, DAY, LOG)
         assert (reconciled["customers_added"], reconciled["subscriptions_added"]) == (3, 8)
         assert reconciled["differences_missing_in_panel"] == 8  # no panel customer is linked to a tenant yet
-        assert steps.sync_azure_rate_card(db, DAY, LOG)["rates_added"] == 20
+        assert sync_azure_rate_card(db, DAY, LOG)["rates_added"] == 20
         prices = httpx.get(f"{base}/api/retail/prices", params={"currencyCode": "'GBP'"}).json()
         assert prices["Count"] == 10 and prices["BillingCurrency"] == "GBP"
     finally:

@@ -1,4 +1,4 @@
-"""Office365Work step 4 (panelflow.steps.teams_direct_routing): tokens from the loopback Microsoft
+"""Office365Work step 4 (panelflow.steps.microsoft365.teams_direct_routing): tokens from the loopback Microsoft
 sandbox through each tenant's Graph connection, Teams direct routing at the PSRP boundary (the real
 PsrpHook/pypsrp messages decoded; Teams' answers are what our scripts print on a real host), state
 into the real panel DB."""
@@ -172,7 +172,7 @@ def _configure(sql, tenant, sbcs, usage="PF-Voice", voice_route="PF-Route", patt
 
 
 def _renew(panel_db, at=T0, log=None, **params):
-    from panelflow.steps.teams_direct_routing import renew_direct_routing_tokens
+    from panelflow.steps.microsoft365.teams_direct_routing import renew_direct_routing_tokens
 
     return renew_direct_routing_tokens(panel_db, Interval(at - timedelta(minutes=5), at), params, log)
 

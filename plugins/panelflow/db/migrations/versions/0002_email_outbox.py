@@ -3,55 +3,40 @@
 A message is written once per event (``dedupe_key`` is unique, so a rerun that enqueues the
 same notice again adds nothing) and moves pending → claimed → sending → sent, or back to
 pending with a later ``not_before`` after a transient failure, or to failed / uncertain.
-
-Revision ID: 0002
-Revises: 0001
 """
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
+from panelflow.db.ddl import TS, identity, one_of, required
+
 revision = "0002"
 down_revision = "0001"
-branch_labels = None
-depends_on = None
 
-TS = sa.DateTime(timezone=True)
 STATUSES = ("pending", "claimed", "sending", "sent", "failed", "uncertain")
 
 
 def upgrade() -> None:
+    text = sa.Text
     op.create_table(
-        "email_outbox",
-        sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
-        sa.Column("dedupe_key", sa.Text, nullable=False, unique=True),
-        sa.Column("template", sa.Text, nullable=False),
-        sa.Column("to_address", sa.Text, nullable=False),
-        sa.Column("from_address", sa.Text),
-        sa.Column("subject", sa.Text, nullable=False),
-        sa.Column("body_text", sa.Text, nullable=False),
-        sa.Column("body_html", sa.Text),
-        sa.Column("headers", JSONB, nullable=False, server_default="{}"),
-        sa.Column("priority", sa.SmallInteger, nullable=False, server_default="5"),
-        sa.Column("status", sa.Text, nullable=False, server_default="pending"),
-        sa.Column("not_before", TS, nullable=False),
-        sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
-        sa.Column("last_error", sa.Text),
-        sa.Column("claimed_by", sa.Text),
-        sa.Column("claimed_at", TS),
-        sa.Column("sent_at", TS),
-        sa.Column("message_id", sa.Text, nullable=False),
-        sa.Column("created_at", TS, nullable=False, server_default=sa.func.now()),
-        sa.CheckConstraint("status IN (" + ", ".join(f"'{s}'" for s in STATUSES) + ")", name="ck_email_outbox_status"),
+        "email_outbox", identity(),
+        required("dedupe_key", text, unique=True), required("template", text),
+        required("to_address", text), sa.Column("from_address", text),
+        required("subject", text), required("body_text", text), sa.Column("body_html", text),
+        required("headers", JSONB, default="{}"), required("priority", sa.SmallInteger, default="5"),
+        required("status", text, default="pending"), required("not_before", TS),
+        required("attempts", sa.Integer, default="0"), sa.Column("last_error", text),
+        sa.Column("claimed_by", text), sa.Column("claimed_at", TS), sa.Column("sent_at", TS),
+        required("message_id", text), required("created_at", TS, default=sa.func.now()),
+        one_of("email_outbox", "status", STATUSES),
         sa.CheckConstraint("priority BETWEEN 0 AND 10", name="ck_email_outbox_priority"),
     )
     op.create_index("ix_email_outbox_due", "email_outbox", ["priority", "not_before", "id"],
                     postgresql_where=sa.text("status = 'pending'"))
     op.create_index("ix_email_outbox_in_flight", "email_outbox", ["claimed_at"],
                     postgresql_where=sa.text("status IN ('claimed', 'sending')"))
-    op.add_column("email_logs", sa.Column("outbox_id", sa.BigInteger))
-    op.add_column("email_logs", sa.Column("message_id", sa.Text))
-    op.add_column("email_logs", sa.Column("error", sa.Text))
+    for column, type_ in (("outbox_id", sa.BigInteger), ("message_id", text), ("error", text)):
+        op.add_column("email_logs", sa.Column(column, type_))
 
 
 def downgrade() -> None:

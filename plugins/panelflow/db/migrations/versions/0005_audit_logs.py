@@ -2,20 +2,15 @@
 
 The live tables keep recent entries (what the panel's audit screens read); ProvisioningWork
 moves older entries to the archives and removes archived entries past their retention.
-
-Revision ID: 0005
-Revises: 0004
 """
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
+from panelflow.db.ddl import TS, required
+
 revision = "0005"
 down_revision = "0004"
-branch_labels = None
-depends_on = None
-
-TS = sa.DateTime(timezone=True)
 
 
 def _audit(name: str, *extra: sa.Column, archive: bool = False) -> None:
@@ -23,11 +18,8 @@ def _audit(name: str, *extra: sa.Column, archive: bool = False) -> None:
         name,
         # live tables number their entries (bigserial); an archive keeps the live entry's id
         sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=not archive),
-        sa.Column("occurred_at", TS, nullable=False),
-        sa.Column("actor", sa.Text, nullable=False),
-        sa.Column("action", sa.Text, nullable=False),
-        sa.Column("target", sa.Text),
-        sa.Column("details", JSONB, nullable=False, server_default="{}"),
+        required("occurred_at", TS), required("actor", sa.Text), required("action", sa.Text),
+        sa.Column("target", sa.Text), required("details", JSONB, default="{}"),
         *extra,
     )
     op.create_index(f"ix_{name}_occurred_at", name, ["occurred_at"])
@@ -35,10 +27,9 @@ def _audit(name: str, *extra: sa.Column, archive: bool = False) -> None:
 
 def upgrade() -> None:
     _audit("audit_logs")
-    _audit("audit_logs_archive", sa.Column("archived_at", TS, nullable=False), archive=True)
-    _audit("o365_admin_audit_logs", sa.Column("tenant_id", sa.Text, nullable=False))
-    _audit("o365_admin_audit_logs_archive", sa.Column("tenant_id", sa.Text, nullable=False),
-           sa.Column("archived_at", TS, nullable=False), archive=True)
+    _audit("audit_logs_archive", required("archived_at", TS), archive=True)
+    _audit("o365_admin_audit_logs", required("tenant_id", sa.Text))
+    _audit("o365_admin_audit_logs_archive", required("tenant_id", sa.Text), required("archived_at", TS), archive=True)
 
 
 def downgrade() -> None:

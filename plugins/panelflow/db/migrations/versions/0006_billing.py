@@ -13,18 +13,27 @@ the date is then a HOT update — no index entries written — as long as the ne
 on its page. Every subscription on a page can be due the same night (a provider billing all on
 the 1st), so ``fillfactor = 50`` leaves room for a new version of each; at 80 only about a
 quarter of such an update stayed HOT and the rest paid two index insertions each.
-
-Revision ID: 0006
-Revises: 0005
 """
 from alembic import op
 
 revision = "0006"
 down_revision = "0005"
-branch_labels = None
-depends_on = None
 
 MONEY = "numeric(14,2)"
+
+
+def _calls(table: str, caller: str) -> str:
+    """OCS and SIP calls are rated and billed alike, so both sources keep the same columns."""
+    return f"""CREATE TABLE {table} (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    subscription_id bigint NOT NULL REFERENCES subscriptions,
+    {caller} text NOT NULL,
+    destination text NOT NULL,                        -- E.164 digits
+    started_at timestamptz NOT NULL,
+    duration_seconds integer NOT NULL
+);
+CREATE INDEX ix_{table}_started ON {table} (started_at);"""
+
 
 DDL = f"""
 CREATE TABLE currencies (
@@ -224,25 +233,9 @@ CREATE TABLE voice_rates (
     UNIQUE (rate_table, currency, prefix)
 );
 
-CREATE TABLE ocs_call_records (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    subscription_id bigint NOT NULL REFERENCES subscriptions,
-    caller text NOT NULL,                             -- the Lync user's SIP URI
-    destination text NOT NULL,                        -- E.164 digits
-    started_at timestamptz NOT NULL,
-    duration_seconds integer NOT NULL
-);
-CREATE INDEX ix_ocs_call_records_started ON ocs_call_records (started_at);
-
-CREATE TABLE sip_usage (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    subscription_id bigint NOT NULL REFERENCES subscriptions,
-    sip_account text NOT NULL,
-    destination text NOT NULL,
-    started_at timestamptz NOT NULL,
-    duration_seconds integer NOT NULL
-);
-CREATE INDEX ix_sip_usage_started ON sip_usage (started_at);
+-- ocs_call_records.caller: the Lync user's SIP URI.
+{_calls("ocs_call_records", "caller")}
+{_calls("sip_usage", "sip_account")}
 
 CREATE TABLE sip_export_tasks (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

@@ -17,16 +17,11 @@
   checks' availability and response-time figures (avg, p50, p95, max), derived from
   ``monitor_checks`` by one set-based statement, so recomputing an hour gives the same row.
 - ``server_health_metrics``: SyncHealthMetricsWork's readings, one row per server, run and metric.
-
-Revision ID: 0007
-Revises: 0006
 """
 from alembic import op
 
 revision = "0007"
 down_revision = "0006"
-branch_labels = None
-depends_on = None
 
 RESOURCE_KINDS = "'cpu', 'memory', 'disk', 'services'"
 KINDS = RESOURCE_KINDS + ", 'mail', 'iis', 'ftp', 'dns', 'tcp', 'web'"

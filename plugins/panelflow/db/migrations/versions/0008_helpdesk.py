@@ -14,16 +14,11 @@ A ticket's subject tag (``[#TCK-000123]``) is derived from its id, never stored:
 panel compute the same tag. Deleted tickets stay (``deleted_at``) until HelpDeskWork purges them
 after the retention; their messages go with them (``ON DELETE CASCADE``), the command log keeps
 its rows (``ticket_id`` set to NULL, ``ticket_tag`` kept).
-
-Revision ID: 0008
-Revises: 0007
 """
 from alembic import op
 
 revision = "0008"
 down_revision = "0007"
-branch_labels = None
-depends_on = None
 
 DDL = """
 CREATE TABLE helpdesk_departments (

@@ -26,16 +26,11 @@ reported and skipped by the step rather than refused from the backend that wrote
 Voice minutes per bundle and month are read per subscription from the call tables; the indexes
 on ``(subscription_id, started_at)`` (with the duration, for index-only scans) serve that and the
 reports' voice usage, which otherwise rescan every call of the month.
-
-Revision ID: 0009
-Revises: 0008
 """
 from alembic import op
 
 revision = "0009"
 down_revision = "0008"
-branch_labels = None
-depends_on = None
 
 DDL = """
 -- Enterprise reports e-mailed on an automatic schedule, for one customer or for a reseller's customers.

@@ -21,24 +21,19 @@ DomainNameDataSyncThread:
 - ``registrar_domain_contacts``: the registrant, admin, tech and billing contacts of each.
 
 Record values are unbounded text (DKIM keys, long SPF): the unique indexes hash them.
-
-Revision ID: 0010
-Revises: 0009
 """
 from alembic import op
 
+from panelflow.db.ddl import conn_id_check
+
 revision = "0010"
 down_revision = "0009"
-branch_labels = None
-depends_on = None
-
-CONN_ID = r"CHECK ({col} ~ '^[A-Za-z0-9_.-]{{1,250}}$')"
 
 DDL = f"""
 CREATE TABLE hostmatic_domains (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     domain_id bigint NOT NULL UNIQUE REFERENCES domains ON DELETE CASCADE,
-    dns_conn_id text NOT NULL DEFAULT 'hostmatic_dns' {CONN_ID.format(col="dns_conn_id")},
+    dns_conn_id text NOT NULL DEFAULT 'hostmatic_dns' {conn_id_check("dns_conn_id")},
     extra_names text[] NOT NULL DEFAULT '{{}}',      -- names to read besides the standard ones ('shop', '_sip._udp')
     enabled boolean NOT NULL DEFAULT true,
     last_attempt_at timestamptz,                     -- interval end of the last run that tried it
@@ -83,7 +78,7 @@ CREATE TABLE domain_verification_notices (
 CREATE TABLE registrar_accounts (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     name text NOT NULL UNIQUE,
-    conn_id text NOT NULL UNIQUE {CONN_ID.format(col="conn_id")},  -- the Airflow connection: API URL and key
+    conn_id text NOT NULL UNIQUE {conn_id_check("conn_id")},  -- the Airflow connection: API URL and key
     enabled boolean NOT NULL DEFAULT true,
     last_attempt_at timestamptz,
     last_synced_at timestamptz,
@@ -135,6 +130,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute("DROP TABLE registrar_domain_contacts, registrar_domains, registrar_accounts,"
-                " domain_verification_notices, hostmatic_dns_record_changes, hostmatic_dns_records,"
-                " hostmatic_domains")
+    op.execute("DROP TABLE registrar_domain_contacts, registrar_domains, registrar_accounts, domain_verification_notices,"
+               " hostmatic_dns_record_changes, hostmatic_dns_records, hostmatic_domains")

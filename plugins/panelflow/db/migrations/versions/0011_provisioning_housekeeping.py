@@ -22,16 +22,11 @@ of what was typed and then the KDF — the plaintext is never needed. ``scrypt``
 password itself (what the panel writes when a password is set). A customer's or contact's
 credential goes with it (``ON DELETE CASCADE``); employees are the panel's staff accounts,
 outside this schema (``employee_id`` is not a foreign key, like ``sessions.user_id``).
-
-Revision ID: 0011
-Revises: 0010
 """
 from alembic import op
 
 revision = "0011"
 down_revision = "0010"
-branch_labels = None
-depends_on = None
 
 LEGACY_SCHEMES = ("md5", "sha1", "sha256")
 SCHEMES = (*LEGACY_SCHEMES, *(f"scrypt+{s}" for s in LEGACY_SCHEMES), "scrypt")

@@ -26,18 +26,26 @@ with an enabled Exchange plan, and a Microsoft 365 group's is the group's addres
 Admin audit logs reuse ``o365_admin_audit_logs`` (0005): ``graph_id`` is the directoryAudit's id,
 unique per tenant, so a rerun or an overlapping interval adds nothing twice; the archive gets the
 column too (ProvisioningWork's archive copies its own column list).
-
-Revision ID: 0012
-Revises: 0011
 """
 from alembic import op
 
 revision = "0012"
 down_revision = "0011"
-branch_labels = None
-depends_on = None
 
-DDL = """
+
+def _from_data(column: str, prop: str, type_: str = "text") -> str:
+    value = f"data ->> '{prop}'" if type_ == "text" else f"(data ->> '{prop}')::{type_}"
+    return f"{column} {type_} GENERATED ALWAYS AS ({value}) STORED"
+
+
+def _graph_objects(table: str, *columns: str) -> str:
+    """A bulk table of Graph objects: ``data`` as last read, ``columns`` generated from it (see above)."""
+    columns = ("tenant_id uuid NOT NULL", "id uuid NOT NULL", "data jsonb NOT NULL", *columns,
+               "sync_gen bigint NOT NULL", "PRIMARY KEY (tenant_id, id)")
+    return f"CREATE TABLE {table} (\n    " + ",\n    ".join(columns) + "\n);"
+
+
+DDL = f"""
 CREATE TABLE m365_tenants (
     tenant_id uuid PRIMARY KEY,                       -- the directory (Azure AD / Entra) tenant id
     conn_id text NOT NULL UNIQUE,                     -- its Airflow connection: one connection, one tenant
@@ -65,7 +73,7 @@ CREATE TABLE m365_domains (
     is_initial boolean NOT NULL DEFAULT false,
     is_verified boolean NOT NULL DEFAULT false,
     authentication_type text,
-    supported_services text[] NOT NULL DEFAULT '{}',
+    supported_services text[] NOT NULL DEFAULT '{{}}',
     sync_gen bigint NOT NULL,
     PRIMARY KEY (tenant_id, name)
 );
@@ -80,7 +88,7 @@ CREATE TABLE m365_subscribed_skus (
     enabled_units integer NOT NULL DEFAULT 0,
     suspended_units integer NOT NULL DEFAULT 0,
     warning_units integer NOT NULL DEFAULT 0,
-    service_plans jsonb NOT NULL DEFAULT '[]',        -- [{servicePlanId, servicePlanName, provisioningStatus, appliesTo}]
+    service_plans jsonb NOT NULL DEFAULT '[]',        -- [{{servicePlanId, servicePlanName, provisioningStatus, appliesTo}}]
     sync_gen bigint NOT NULL,
     PRIMARY KEY (tenant_id, sku_id)
 );
@@ -94,47 +102,34 @@ CREATE TABLE m365_policies (
     PRIMARY KEY (tenant_id, policy)
 );
 
-CREATE TABLE m365_users (
-    tenant_id uuid NOT NULL,
-    id uuid NOT NULL,
-    data jsonb NOT NULL,
-    user_principal_name text GENERATED ALWAYS AS (data ->> 'userPrincipalName') STORED,
-    display_name text GENERATED ALWAYS AS (data ->> 'displayName') STORED,
-    mail text GENERATED ALWAYS AS (data ->> 'mail') STORED,
-    account_enabled boolean GENERATED ALWAYS AS ((data ->> 'accountEnabled')::boolean) STORED,
-    sync_gen bigint NOT NULL,
-    PRIMARY KEY (tenant_id, id),
-    CONSTRAINT ck_m365_users_licences CHECK (jsonb_typeof(coalesce(data -> 'assignedLicenses', '[]')) IN ('array', 'null'))
-);
+{_graph_objects(
+    "m365_users",
+    _from_data("user_principal_name", "userPrincipalName"), _from_data("display_name", "displayName"),
+    _from_data("mail", "mail"), _from_data("account_enabled", "accountEnabled", "boolean"),
+    "CONSTRAINT ck_m365_users_licences"
+    " CHECK (jsonb_typeof(coalesce(data -> 'assignedLicenses', '[]')) IN ('array', 'null'))")}
 
 -- A user's licences are part of the user in Graph (assignedLicenses) and stay there: one copy,
 -- replaced with the user, never out of step with it. Read tolerantly: an id that is not a GUID
 -- (Graph sends none) reads as NULL rather than failing every query of the tenant.
 CREATE VIEW m365_user_licenses AS
 SELECT u.tenant_id, u.id AS user_id,
-       CASE WHEN l ->> 'skuId' ~ '^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$'
+       CASE WHEN l ->> 'skuId' ~ '^[0-9A-Fa-f]{{8}}-[0-9A-Fa-f]{{4}}-[0-9A-Fa-f]{{4}}-[0-9A-Fa-f]{{4}}-[0-9A-Fa-f]{{12}}$'
             THEN (l ->> 'skuId')::uuid END AS sku_id,
        ARRAY(SELECT p::uuid FROM jsonb_array_elements_text(
                  CASE WHEN jsonb_typeof(l -> 'disabledPlans') = 'array' THEN l -> 'disabledPlans' ELSE '[]' END) p
-             WHERE p ~ '^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$')
+             WHERE p ~ '^[0-9A-Fa-f]{{8}}-[0-9A-Fa-f]{{4}}-[0-9A-Fa-f]{{4}}-[0-9A-Fa-f]{{4}}-[0-9A-Fa-f]{{12}}$')
            AS disabled_plans
 FROM m365_users u
 CROSS JOIN LATERAL jsonb_array_elements(
     CASE WHEN jsonb_typeof(u.data -> 'assignedLicenses') = 'array' THEN u.data -> 'assignedLicenses' ELSE '[]' END) l
 WHERE jsonb_typeof(l) = 'object';
 
-CREATE TABLE m365_groups (
-    tenant_id uuid NOT NULL,
-    id uuid NOT NULL,
-    data jsonb NOT NULL,
-    display_name text GENERATED ALWAYS AS (data ->> 'displayName') STORED,
-    mail text GENERATED ALWAYS AS (data ->> 'mail') STORED,
-    mail_enabled boolean GENERATED ALWAYS AS ((data ->> 'mailEnabled')::boolean) STORED,
-    security_enabled boolean GENERATED ALWAYS AS ((data ->> 'securityEnabled')::boolean) STORED,
-    is_unified boolean GENERATED ALWAYS AS (coalesce(data -> 'groupTypes' ? 'Unified', false)) STORED,
-    sync_gen bigint NOT NULL,
-    PRIMARY KEY (tenant_id, id)
-);
+{_graph_objects(
+    "m365_groups",
+    _from_data("display_name", "displayName"), _from_data("mail", "mail"),
+    _from_data("mail_enabled", "mailEnabled", "boolean"), _from_data("security_enabled", "securityEnabled", "boolean"),
+    "is_unified boolean GENERATED ALWAYS AS (coalesce(data -> 'groupTypes' ? 'Unified', false)) STORED")}
 
 -- member_type: user, group, orgContact, device, servicePrincipal (Graph's @odata.type without its prefix)
 CREATE TABLE m365_group_members (
@@ -147,16 +142,9 @@ CREATE TABLE m365_group_members (
 );
 CREATE INDEX ix_m365_group_members_member ON m365_group_members (tenant_id, member_id);
 
-CREATE TABLE m365_contacts (
-    tenant_id uuid NOT NULL,
-    id uuid NOT NULL,
-    data jsonb NOT NULL,
-    display_name text GENERATED ALWAYS AS (data ->> 'displayName') STORED,
-    mail text GENERATED ALWAYS AS (data ->> 'mail') STORED,
-    company_name text GENERATED ALWAYS AS (data ->> 'companyName') STORED,
-    sync_gen bigint NOT NULL,
-    PRIMARY KEY (tenant_id, id)
-);
+{_graph_objects(
+    "m365_contacts",
+    _from_data("display_name", "displayName"), _from_data("mail", "mail"), _from_data("company_name", "companyName"))}
 
 -- Per tenant and entity: the deltaLink that reads the next changes (users, groups), or the
 -- point audit logs are synced up to (directoryAudits). round_gen: the full round in progress.

@@ -26,24 +26,19 @@
   price type, reservation term, tier and effective date (``source = 'retail_prices'``; a new
   effective date is a new row, history kept). ``unit_price`` loses its fixed scale (prices have
   more than 8 decimals); changing a typmod to unconstrained ``numeric`` rewrites nothing.
-
-Revision ID: 0013
-Revises: 0012
 """
 from alembic import op
 
+from panelflow.db.ddl import ALERT_EPISODE, alert_episode_indexes, conn_id_check
+
 revision = "0013"
 down_revision = "0012"
-branch_labels = None
-depends_on = None
-
-CONN_ID = r"CHECK (conn_id ~ '^[A-Za-z0-9_.-]{1,250}$')"
 
 DDL = f"""
 CREATE TABLE csp_profiles (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     name text NOT NULL UNIQUE,
-    conn_id text NOT NULL UNIQUE {CONN_ID},          -- the Airflow connection (type panelflow_partner_center)
+    conn_id text NOT NULL UNIQUE {conn_id_check("conn_id")},  -- the Airflow connection (type panelflow_partner_center)
     country char(2) NOT NULL DEFAULT 'GB' CHECK (country ~ '^[A-Z]{{2}}$'),  -- the market offers are read for
     licence_alert_percent smallint NOT NULL DEFAULT 90 CHECK (licence_alert_percent BETWEEN 1 AND 100),
     enabled boolean NOT NULL DEFAULT true
@@ -188,14 +183,9 @@ CREATE TABLE csp_licence_alerts (
     threshold_percent smallint NOT NULL,
     active_units integer NOT NULL,                   -- when it crossed
     consumed_units integer NOT NULL,
-    opened_at timestamptz NOT NULL,                  -- the run that found it over
-    last_seen_at timestamptz NOT NULL,               -- the last run that found it still over
-    cleared_at timestamptz,                          -- the run that found it under again
-    outbox_key text,                                 -- the customer's e-mail (NULL: no usable address)
-    CHECK (cleared_at IS NULL OR cleared_at > opened_at)
+    {ALERT_EPISODE}
 );
-CREATE UNIQUE INDEX ux_csp_licence_alerts_open ON csp_licence_alerts (csp_customer_id, sku_id) WHERE cleared_at IS NULL;
-CREATE INDEX ix_csp_licence_alerts_key ON csp_licence_alerts (csp_customer_id, sku_id, opened_at);
+{alert_episode_indexes("csp_licence_alerts", "csp_customer_id, sku_id")}
 
 ALTER TABLE o365_subscription_reconciliations
     ADD COLUMN kind text CHECK (kind IN ('missing_in_panel', 'missing_in_partner_center', 'quantity', 'status', 'offer')),

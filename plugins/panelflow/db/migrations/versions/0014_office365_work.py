@@ -11,16 +11,11 @@
 
 No secret or token is stored: only times and errors. The group-action queue itself is
 ``group_action_jobs`` (0001), backend ``o365``.
-
-Revision ID: 0014
-Revises: 0013
 """
 from alembic import op
 
 revision = "0014"
 down_revision = "0013"
-branch_labels = None
-depends_on = None
 
 DDL = """
 CREATE TABLE m365_tenant_tokens (

@@ -33,18 +33,27 @@ organisation's RDS group (``ad_organisations.rds_group_dn``), else of the direct
 (``ad_directories.rds_group_dn``), else of the domain's built-in "Remote Desktop Users" group.
 ``ad_rds_users`` holds who has it (``removed_at`` once they lose it); ``ad_users.rds_enabled``
 is the same flag on the user.
-
-Revision ID: 0015
-Revises: 0014
 """
 from alembic import op
 
 revision = "0015"
 down_revision = "0014"
-branch_labels = None
-depends_on = None
 
-DDL = """
+# Users and groups: who they are in AD, and the organisation (OU) they belong to.
+AD_PRINCIPAL = """id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    directory_id bigint NOT NULL REFERENCES ad_directories ON DELETE CASCADE,
+    organisation_id bigint REFERENCES ad_organisations ON DELETE SET NULL,
+    object_guid uuid NOT NULL,
+    object_sid text,
+    sam_account_name text"""
+
+# Every synced AD object: kept when deleted in AD, one row per GUID (see Keys above).
+SYNCED = """deleted boolean NOT NULL DEFAULT false,
+    deleted_at timestamptz,
+    synced_at timestamptz,
+    UNIQUE (directory_id, object_guid)"""
+
+DDL = f"""
 CREATE TABLE ad_directories (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     name text NOT NULL UNIQUE,
@@ -69,26 +78,18 @@ CREATE TABLE ad_organisations (
     description text,
     customer_id bigint REFERENCES customers ON DELETE SET NULL,   -- set by the panel, never by a sync
     rds_group_dn text,                                -- this organisation's RDS group (overrides the directory's)
-    upn_suffixes text[] NOT NULL DEFAULT '{}',        -- the OU's uPNSuffixes
+    upn_suffixes text[] NOT NULL DEFAULT '{{}}',        -- the OU's uPNSuffixes
     when_changed timestamptz,
     usn_changed bigint,
-    extended jsonb NOT NULL DEFAULT '{}',             -- counts (users, enabled, locked, mailboxes …), update_ad_extended_data
+    extended jsonb NOT NULL DEFAULT '{{}}',             -- counts (users, enabled, locked, mailboxes …), update_ad_extended_data
     extended_updated_at timestamptz,
-    deleted boolean NOT NULL DEFAULT false,
-    deleted_at timestamptz,
-    synced_at timestamptz,
-    UNIQUE (directory_id, object_guid)
+    {SYNCED}
 );
 CREATE INDEX ix_ad_organisations_dn ON ad_organisations (directory_id, lower(dn));
 CREATE INDEX ix_ad_organisations_customer ON ad_organisations (customer_id) WHERE customer_id IS NOT NULL;
 
 CREATE TABLE ad_users (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    directory_id bigint NOT NULL REFERENCES ad_directories ON DELETE CASCADE,
-    organisation_id bigint REFERENCES ad_organisations ON DELETE SET NULL,
-    object_guid uuid NOT NULL,
-    object_sid text,
-    sam_account_name text,
+    {AD_PRINCIPAL},
     user_principal_name text,
     cn text,
     dn text NOT NULL,
@@ -106,14 +107,11 @@ CREATE TABLE ad_users (
     when_created timestamptz,
     when_changed timestamptz,
     usn_changed bigint,
-    extended jsonb NOT NULL DEFAULT '{}',             -- telephoneNumber, title, department … (update_ad_extended_data)
+    extended jsonb NOT NULL DEFAULT '{{}}',             -- telephoneNumber, title, department … (update_ad_extended_data)
     extended_synced_at timestamptz,                   -- NULL: not read yet by update_ad_extended_data
     services_synced_at timestamptz,                   -- NULL: not read yet by sync_ad_user_services
     rds_enabled boolean NOT NULL DEFAULT false,
-    deleted boolean NOT NULL DEFAULT false,
-    deleted_at timestamptz,
-    synced_at timestamptz,
-    UNIQUE (directory_id, object_guid)
+    {SYNCED}
 );
 CREATE INDEX ix_ad_users_organisation ON ad_users (organisation_id);
 CREATE INDEX ix_ad_users_sam ON ad_users (directory_id, lower(sam_account_name));
@@ -121,12 +119,7 @@ CREATE INDEX ix_ad_users_upn ON ad_users (directory_id, lower(user_principal_nam
 CREATE INDEX ix_ad_users_locked ON ad_users (directory_id) WHERE locked;
 
 CREATE TABLE ad_groups (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    directory_id bigint NOT NULL REFERENCES ad_directories ON DELETE CASCADE,
-    organisation_id bigint REFERENCES ad_organisations ON DELETE SET NULL,
-    object_guid uuid NOT NULL,
-    object_sid text,
-    sam_account_name text,
+    {AD_PRINCIPAL},
     cn text,
     dn text NOT NULL,
     mail text,
@@ -136,11 +129,8 @@ CREATE TABLE ad_groups (
     auto_add_users boolean NOT NULL DEFAULT false,    -- panel setting: AutoAddUsersInSecurityGroupWork adds the organisation's users
     when_changed timestamptz,
     usn_changed bigint,
-    extended jsonb NOT NULL DEFAULT '{}',
-    deleted boolean NOT NULL DEFAULT false,
-    deleted_at timestamptz,
-    synced_at timestamptz,
-    UNIQUE (directory_id, object_guid)
+    extended jsonb NOT NULL DEFAULT '{{}}',
+    {SYNCED}
 );
 CREATE INDEX ix_ad_groups_organisation ON ad_groups (organisation_id);
 CREATE INDEX ix_ad_groups_dn ON ad_groups (directory_id, lower(dn));
@@ -178,7 +168,7 @@ CREATE TABLE ad_rds_users (
 CREATE TABLE ad_user_services (
     user_id bigint NOT NULL REFERENCES ad_users ON DELETE CASCADE,
     service text NOT NULL CHECK (service IN ('mailbox', 'mail_user', 'rds', 'vpn', 'lync')),
-    detail jsonb NOT NULL DEFAULT '{}',
+    detail jsonb NOT NULL DEFAULT '{{}}',
     since timestamptz NOT NULL,
     synced_at timestamptz NOT NULL,
     PRIMARY KEY (user_id, service)
@@ -238,7 +228,7 @@ CREATE TABLE ad_sync_runs (
     mode text NOT NULL CHECK (mode IN ('full', 'incremental', 'live')),
     usn_from bigint,
     usn_to bigint,
-    counts jsonb NOT NULL DEFAULT '{}',
+    counts jsonb NOT NULL DEFAULT '{{}}',
     error text,
     finished_at timestamptz NOT NULL,
     PRIMARY KEY (directory_id, step, interval_end)

@@ -25,16 +25,13 @@ only what is Exchange's own:
   totals per sender domain and event derived from them;
 - ``exchange_migration_batches`` / ``exchange_migration_failures``: migration batches (by batch
   GUID) and the users that failed in each.
-
-Revision ID: 0016
-Revises: 0015
 """
 from alembic import op
 
+from panelflow.db.ddl import positive
+
 revision = "0016"
 down_revision = "0015"
-branch_labels = None
-depends_on = None
 
 
 SERVERS = """
@@ -50,14 +47,14 @@ CREATE TABLE exchange_servers (
 );
 """
 
-STATS = """
+STATS = f"""
 CREATE TABLE exchange_server_inventory (
     exchange_server_id bigint PRIMARY KEY REFERENCES exchange_servers ON DELETE CASCADE,
     fqdn text,
     edition text,                           -- Enterprise, Standard, StandardEvaluation
     admin_display_version text,             -- "Version 15.2 (Build 1544.4)"
     build text,                             -- 15.2.1544.4
-    server_roles text[] NOT NULL DEFAULT '{}',
+    server_roles text[] NOT NULL DEFAULT '{{}}',
     site text,                              -- corp.example/Configuration/Sites/London
     os_caption text,
     os_version text,
@@ -65,10 +62,7 @@ CREATE TABLE exchange_server_inventory (
     manufacturer text,
     model text,
     processor_name text,
-    processor_sockets integer CHECK (processor_sockets > 0),
-    processor_cores integer CHECK (processor_cores > 0),
-    logical_processors integer CHECK (logical_processors > 0),
-    memory_bytes bigint CHECK (memory_bytes > 0),
+    {positive("processor_sockets", "processor_cores", "logical_processors")}, {positive("memory_bytes", type_="bigint")},
     read_at timestamptz NOT NULL            -- the run's clock
 );
 
@@ -76,8 +70,8 @@ CREATE TABLE exchange_service_health (
     exchange_server_id bigint NOT NULL REFERENCES exchange_servers ON DELETE CASCADE,
     role text NOT NULL,                     -- "Mailbox Server Role", "Client Access Server Role" …
     required_services_running boolean NOT NULL,
-    services_running text[] NOT NULL DEFAULT '{}',
-    services_not_running text[] NOT NULL DEFAULT '{}',
+    services_running text[] NOT NULL DEFAULT '{{}}',
+    services_not_running text[] NOT NULL DEFAULT '{{}}',
     sampled_at timestamptz NOT NULL,
     PRIMARY KEY (exchange_server_id, role)
 );
@@ -89,8 +83,8 @@ CREATE TABLE exchange_volumes (
     file_system text,
     size_bytes bigint NOT NULL CHECK (size_bytes > 0),
     free_bytes bigint NOT NULL CHECK (free_bytes >= 0),
-    database_files text[] NOT NULL DEFAULT '{}',   -- databases whose .edb file is on the volume
-    database_logs text[] NOT NULL DEFAULT '{}',    -- databases whose transaction logs are on it
+    database_files text[] NOT NULL DEFAULT '{{}}',   -- databases whose .edb file is on the volume
+    database_logs text[] NOT NULL DEFAULT '{{}}',    -- databases whose transaction logs are on it
     sampled_at timestamptz NOT NULL,
     PRIMARY KEY (exchange_server_id, volume)
 );
@@ -155,7 +149,7 @@ CREATE TABLE exchange_mobile_device_reports (
     active_devices integer NOT NULL,        -- synced within the report's activity window
     blocked_devices integer NOT NULL,
     quarantined_devices integer NOT NULL,
-    device_types jsonb NOT NULL,            -- {"iPhone": 3, "Outlook": 2}
+    device_types jsonb NOT NULL,            -- {{"iPhone": 3, "Outlook": 2}}
     csv text NOT NULL,
     created_at timestamptz NOT NULL,        -- the run's clock
     PRIMARY KEY (report_date, organization)
@@ -202,7 +196,7 @@ CREATE TABLE exchange_migration_batches (
     synced_count integer NOT NULL DEFAULT 0,
     finalized_count integer NOT NULL DEFAULT 0,
     failed_count integer NOT NULL DEFAULT 0,
-    notification_emails text[] NOT NULL DEFAULT '{}',
+    notification_emails text[] NOT NULL DEFAULT '{{}}',
     exchange_created_at timestamptz,
     last_synced_at timestamptz,
     finalized_at timestamptz,

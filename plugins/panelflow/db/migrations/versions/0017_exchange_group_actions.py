@@ -20,16 +20,11 @@ What the Exchange group actions (GroupActionWorkEx) and the permission/forwardin
 - ``exchange_send_connectors`` / ``exchange_remote_domains``: every connector / remote domain
   Exchange reports (``observed``), and the ones the panel wants (``managed``, with desired values).
 - ``exchange_spam_filter_settings``: one row per organisation whose spam filtering the panel manages.
-
-Revision ID: 0017
-Revises: 0016
 """
 from alembic import op
 
 revision = "0017"
 down_revision = "0016"
-branch_labels = None
-depends_on = None
 
 DDL = """
 CREATE TABLE exchange_organizations (

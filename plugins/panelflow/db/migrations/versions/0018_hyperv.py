@@ -24,18 +24,15 @@ ProvisioningWork's threshold alerts keep (``panelflow.steps.hyperv``, ``panelflo
 - ``vps_thresholds`` / ``vps_threshold_alerts``: CPU, memory and disk alert levels (per VPS, or the
   default row with ``vm_id`` NULL) and one alert row per crossing, cleared when back under.
 - ``servers.psrp_conn_id``: the psrp connection ServerStatsWork samples a Windows server through.
-
-Revision ID: 0018
-Revises: 0017
 """
 from alembic import op
 
+from panelflow.db.ddl import ALERT_EPISODE, alert_episode_indexes, positive
+
 revision = "0018"
 down_revision = "0017"
-branch_labels = None
-depends_on = None
 
-DDL = r"""
+DDL = rf"""
 ALTER TABLE servers ADD COLUMN psrp_conn_id text;
 
 CREATE TABLE hyperv_hosts (
@@ -69,10 +66,7 @@ CREATE TABLE hyperv_host_hardware (
     bios_version text,
     bios_release_date timestamptz,
     cpu_model text,
-    cpu_sockets integer CHECK (cpu_sockets > 0),
-    cpu_cores integer CHECK (cpu_cores > 0),
-    cpu_logical_processors integer CHECK (cpu_logical_processors > 0),
-    memory_bytes bigint CHECK (memory_bytes > 0),
+    {positive("cpu_sockets", "cpu_cores", "cpu_logical_processors")}, {positive("memory_bytes", type_="bigint")},
     os_name text,
     os_version text,
     synced_at timestamptz NOT NULL,
@@ -156,7 +150,7 @@ CREATE TABLE hyperv_vm_network_adapters (
     switch_name text,
     mac_address text,
     dynamic_mac boolean,
-    ip_addresses text[] NOT NULL DEFAULT '{}',
+    ip_addresses text[] NOT NULL DEFAULT '{{}}',
     vlan_id integer,
     synced_at timestamptz NOT NULL,
     PRIMARY KEY (vm_id, adapter_id)
@@ -222,14 +216,9 @@ CREATE TABLE vps_threshold_alerts (
     threshold_percent numeric(5,2) NOT NULL,
     value_percent numeric(6,2) NOT NULL,              -- when it crossed
     detail text,                                      -- the disk, for a disk alert
-    opened_at timestamptz NOT NULL,                   -- the run that found it over
-    last_seen_at timestamptz NOT NULL,                -- the last run that found it still over
-    cleared_at timestamptz,                           -- the run that found it under again
-    outbox_key text,                                  -- the customer's e-mail (NULL: none was sent)
-    CHECK (cleared_at IS NULL OR cleared_at > opened_at)
+    {ALERT_EPISODE}
 );
-CREATE UNIQUE INDEX ux_vps_threshold_alerts_open ON vps_threshold_alerts (vm_id, metric) WHERE cleared_at IS NULL;
-CREATE INDEX ix_vps_threshold_alerts_key ON vps_threshold_alerts (vm_id, metric, opened_at);
+{alert_episode_indexes("vps_threshold_alerts", "vm_id, metric")}
 """
 
 

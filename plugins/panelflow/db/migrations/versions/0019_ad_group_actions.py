@@ -1,7 +1,7 @@
 """AD group actions: auto-add settings, CN/UPN memory, mailbox types and login disables, Hostmatic database users, system alerts
 
 What GroupActionWorkAD and AutoAddUsersInSecurityGroupWork keep beside the AD tables of 0015
-(:mod:`panelflow.steps.ad_group_actions` explains each step).
+(:mod:`panelflow.steps.active_directory.jobs` explains each step).
 
 ``ad_group_auto_add_settings`` — the optional details of a security group's "Automatic add users"
 setting. The switch itself is ``ad_groups.auto_add_users`` (0015); a group switched on without a
@@ -33,16 +33,11 @@ run still reaches every row in turn).
 ``system_alerts`` — conditions worth an operator's attention (sync_system_alerts): one *open*
 alert per (``alert_type``, ``object_key``) (a partial unique index), ``last_seen_at`` moved on by
 every run that still finds the condition, ``resolved_at`` set by the first run that no longer does.
-
-Revision ID: 0019
-Revises: 0018
 """
 from alembic import op
 
 revision = "0019"
 down_revision = "0018"
-branch_labels = None
-depends_on = None
 
 DDL = r"""
 CREATE TABLE ad_group_auto_add_settings (

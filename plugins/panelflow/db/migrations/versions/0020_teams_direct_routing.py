@@ -1,7 +1,7 @@
 """Teams direct routing per tenant: SBCs, their renewal state (reserved)
 
 What the panel wants (written by the panel, read by Office365Work step 4,
-:mod:`panelflow.steps.teams_direct_routing`):
+:mod:`panelflow.steps.microsoft365.teams_direct_routing`):
 
 - ``teams_direct_routing`` — one row per Microsoft 365 tenant whose Teams calls go through the
   provider's session border controllers: the PSTN usage and the voice route (number pattern,
@@ -20,16 +20,11 @@ What Teams has (written by the step only):
   (connected with new tokens), when those tokens expire, how many renewals, the desired
   configuration it left in place (``applied_config``, an md5 of it), the changes the last session
   made, the voice route as Teams reported it, and the last error. No token is ever stored.
-
-Revision ID: 0020
-Revises: 0019
 """
 from alembic import op  # noqa: F401
 
 revision = "0020"
 down_revision = "0019"
-branch_labels = None
-depends_on = None
 
 DDL = r"""
 CREATE TABLE teams_direct_routing (
@@ -80,8 +75,7 @@ CREATE TABLE teams_direct_routing_sessions (
     applied_config text,
     last_changes jsonb NOT NULL DEFAULT '[]',
     voice_route jsonb,
-    last_error text,
-    last_error_at timestamptz
+    last_error text, last_error_at timestamptz
 );
 """
 

@@ -15,16 +15,11 @@ in Airflow 3 may not touch the metadata DB):
 
 Times are the database's clock (``clock_timestamp()``): infrastructure time, not a step's
 business clock.
-
-Revision ID: 0021
-Revises: 0020
 """
 from alembic import op
 
 revision = "0021"
 down_revision = "0020"
-branch_labels = None
-depends_on = None
 
 DDL = """
 CREATE TABLE run_group_leases (

@@ -572,10 +572,9 @@ def renew_direct_routing_tokens(panel_db, interval, params, log) -> dict:
     default_psrp = str(params.get("teams_psrp_conn_id") or DEFAULT_PSRP_CONN)
     renew_by = at - timedelta(minutes=int(params.get("teams_session_renew_minutes", RENEW_MINUTES)))
     limit = int(params.get("teams_tenants_per_run", TENANTS_PER_RUN))
-    report = StepReport()
-    for key in ("due", "renewed", "unchanged_tenants", "changed_tenants", "gateways_created", "gateways_updated",
-                "usages_added", "routes_created", "routes_updated", "partly_failed_tenants", "failed", "deferred"):
-        report.add(key, 0)
+    report = StepReport().zero("due", "renewed", "unchanged_tenants", "changed_tenants", "gateways_created",
+                               "gateways_updated", "usages_added", "routes_created", "routes_updated",
+                               "partly_failed_tenants", "failed", "deferred")
     with panel_db.get_conn() as conn:
         conn.autocommit = True
         due = conn.execute(_DUE, {"default_psrp": default_psrp, "renew_by": renew_by, "limit": limit}).fetchall()

@@ -1,23 +1,7 @@
-"""Office365Work: the O365/CSP group-action queue and the tenants' token sessions.
-
-Steps (catalog ``Office365Work``; step 5, subscription renewals, is in :mod:`panelflow.steps.partner_center`):
-
-1. :func:`process_o365_group_actions` — works ``group_action_jobs`` rows of backend ``o365`` as
-   real Microsoft Graph calls (through the tenant's ``msgraph`` connection, ``m365_tenants.conn_id``)
-   or Partner Center calls (through the CSP profile's connection), recording each job's outcome.
-2. :func:`clear_powershell_runspaces` — there is no PowerShell here: the legacy step closed idle
-   remote PowerShell sessions. What this service keeps per tenant is a token session
-   (``m365_tenant_tokens``, 0014, and the hook's in-process token/adapter cache); a tenant not
-   used for ``o365_session_idle_minutes`` is closed: its cached token and adapter are dropped and
-   its token is no longer renewed until the tenant is used again.
-3. :func:`renew_tenant_access_tokens` — every enabled tenant whose session is open (or that has
-   none yet) gets a new token through its connection before the recorded one expires; the time,
-   expiry, or the error, is recorded per tenant. A failing tenant is named; the others are renewed.
-   The step fails only when every due tenant failed and no enabled tenant holds a valid token.
-
-Step 4 (``renew_direct_routing_tokens``, "Renew O365 tenant direct routing and tokens") is in
-:mod:`panelflow.steps.teams_direct_routing`: Teams direct routing has no Graph API, so it runs the
-MicrosoftTeams PowerShell module on a Windows host over PowerShell remoting.
+"""Office365Work step 1, "Process O365/CSP group actions": the ``o365`` group-action queue worked as
+real Microsoft Graph calls (through the tenant's ``msgraph`` connection, ``m365_tenants.conn_id``)
+or Partner Center calls (through the CSP profile's connection), each job's outcome recorded. A job
+that reaches a tenant marks its token session used (``m365_tenant_tokens``, see :mod:`.sessions`).
 
 Jobs (``group_action_jobs``, backend ``o365``). Payload keys per action::
 
@@ -64,29 +48,24 @@ expiry laid on it by the lifetime the token had when it was obtained).
 
 from __future__ import annotations
 
+
+from __future__ import annotations
+
 import asyncio
-import time
-from datetime import timedelta
 from urllib.parse import quote
 
-from panelflow.step import StepReport
-from panelflow.services.group_actions import JobDeferred, JobRejected
+from panelflow.services.group_actions import JobDeferred, JobRejected, Payload
 
 BACKEND = "o365"
 JOBS_PER_RUN = 50
 MAX_ATTEMPTS = 5
 STALE_MINUTES = 30
-IDLE_MINUTES = 60
-RENEW_BEFORE_MINUTES = 15
-TOKEN_CONCURRENCY = 4
 DIRECTORY_OBJECT = "https://graph.microsoft.com/v1.0/directoryObjects/{}"
 GRAPH_ACTIONS = ("create_user", "assign_licence", "reset_password", "delete_user", "add_group_member",
                  "remove_group_member")
 PARTNER_ACTIONS = {"suspend_subscription": "suspended", "resume_subscription": "active"}
 SECRET_KEYS = ("password",)
 
-
-# -- 1. group actions -----------------------------------------------------------------------------
 
 _TOUCH_TENANT = """
 INSERT INTO m365_tenant_tokens (tenant_id, last_used_at) VALUES (%(tenant)s, %(at)s)
@@ -100,17 +79,6 @@ FROM o365_subscriptions s JOIN csp_customers c ON c.id = s.csp_customer_id JOIN 
 WHERE (%(panel)s::bigint IS NOT NULL AND s.panel_subscription_id = %(panel)s::bigint)
    OR (%(partner)s::text IS NOT NULL AND s.subscription_id = lower(%(partner)s::text))
 """
-
-
-def _text(payload: dict, key: str, required: bool = True) -> str | None:
-    value = payload.get(key)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        if required:
-            raise JobRejected(f"payload has no {key!r}")
-        return None
-    if not isinstance(value, (str, int)):
-        raise JobRejected(f"payload {key!r} is not a string")
-    return str(value).strip()
 
 
 def _seg(value: str) -> str:
@@ -136,8 +104,8 @@ class _GraphJobs:
         finally:
             self.loop.close()
 
-    def tenant(self, payload: dict) -> tuple[str, str]:
-        tenant = _text(payload, "tenant_id").lower()
+    def tenant(self, payload: Payload) -> tuple[str, str]:
+        tenant = payload.text("tenant_id").lower()
         row = self.conn.execute("SELECT tenant_id::text, conn_id, enabled FROM m365_tenants WHERE tenant_id::text = %s",
                                 (tenant,)).fetchone()
         if row is None:
@@ -156,6 +124,7 @@ class _GraphJobs:
 
     def run(self, action: str, payload: dict) -> tuple[str, dict]:
         self.tenant_used = None
+        payload = Payload(payload)
         tenant, conn_id = self.tenant(payload)
         fresh = conn_id not in self.hooks
         hook = self._hook(conn_id)
@@ -181,22 +150,22 @@ class _GraphJobs:
                 return None
             raise
 
-    async def create_user(self, hook, p: dict) -> dict:
+    async def create_user(self, hook, p: Payload) -> dict:
         from panelflow.hooks.microsoft_graph import GraphRequestRejected
 
-        upn = _text(p, "user_principal_name")
+        upn = p.text("user_principal_name")
         if "@" not in upn:
             raise JobRejected(f"user_principal_name {upn!r} has no domain")
         existing = await self._user(hook, upn)
         if existing is not None:
             return {"user_id": existing["id"], "user_principal_name": upn, "created": False}
-        body = {"accountEnabled": bool(p.get("account_enabled", True)), "displayName": _text(p, "display_name"),
-                "mailNickname": _text(p, "mail_nickname", False) or upn.split("@", 1)[0],
+        body = {"accountEnabled": bool(p.get("account_enabled", True)), "displayName": p.text("display_name"),
+                "mailNickname": p.text("mail_nickname", required=False) or upn.split("@", 1)[0],
                 "userPrincipalName": upn,
-                "passwordProfile": {"password": _text(p, "password"),
+                "passwordProfile": {"password": p.text("password"),
                                     "forceChangePasswordNextSignIn": bool(p.get("force_change", True))}}
         if p.get("usage_location"):
-            body["usageLocation"] = _text(p, "usage_location")
+            body["usageLocation"] = p.text("usage_location")
         try:
             created = (await hook.send("POST", "users", body=body)).body or {}
         except GraphRequestRejected as exc:
@@ -210,8 +179,8 @@ class _GraphJobs:
             raise JobDeferred(f"POST users for {upn}: the answer has no id")
         return {"user_id": created["id"], "user_principal_name": upn, "created": True}
 
-    async def assign_licence(self, hook, p: dict) -> dict:
-        user = _text(p, "user")
+    async def assign_licence(self, hook, p: Payload) -> dict:
+        user = p.text("user")
         add = []
         for item in p.get("add") or []:
             if isinstance(item, str):
@@ -230,16 +199,16 @@ class _GraphJobs:
         body = answer.body or {}
         return {"user_id": body.get("id"), "licences": [lic.get("skuId") for lic in body.get("assignedLicenses") or []]}
 
-    async def reset_password(self, hook, p: dict) -> dict:
-        user = _text(p, "user")
+    async def reset_password(self, hook, p: Payload) -> dict:
+        user = p.text("user")
         await hook.send("PATCH", f"users/{_seg(user)}", body={"passwordProfile": {
-            "password": _text(p, "password"), "forceChangePasswordNextSignIn": bool(p.get("force_change", True))}})
+            "password": p.text("password"), "forceChangePasswordNextSignIn": bool(p.get("force_change", True))}})
         return {"user": user, "password_reset": True}
 
-    async def delete_user(self, hook, p: dict) -> dict:
+    async def delete_user(self, hook, p: Payload) -> dict:
         from panelflow.hooks.microsoft_graph import GraphRequestRejected
 
-        user = _text(p, "user")
+        user = p.text("user")
         try:
             await hook.send("DELETE", f"users/{_seg(user)}")
         except GraphRequestRejected as exc:
@@ -256,11 +225,11 @@ class _GraphJobs:
             raise JobRejected(f"no user {member} in the tenant")
         return found["id"]
 
-    async def add_group_member(self, hook, p: dict) -> dict:
+    async def add_group_member(self, hook, p: Payload) -> dict:
         from panelflow.hooks.microsoft_graph import GraphRequestRejected
 
-        group = _text(p, "group_id")
-        member = await self._member_id(hook, _text(p, "member"))
+        group = p.text("group_id")
+        member = await self._member_id(hook, p.text("member"))
         try:
             await hook.send("POST", f"groups/{_seg(group)}/members/$ref",
                             body={"@odata.id": DIRECTORY_OBJECT.format(member)})
@@ -270,11 +239,11 @@ class _GraphJobs:
             raise
         return {"group_id": group, "member_id": member, "added": True}
 
-    async def remove_group_member(self, hook, p: dict) -> dict:
+    async def remove_group_member(self, hook, p: Payload) -> dict:
         from panelflow.hooks.microsoft_graph import GraphRequestRejected
 
-        group = _text(p, "group_id")
-        member = await self._member_id(hook, _text(p, "member"))
+        group = p.text("group_id")
+        member = await self._member_id(hook, p.text("member"))
         try:
             await hook.send("DELETE", f"groups/{_seg(group)}/members/{_seg(member)}/$ref")
         except GraphRequestRejected as exc:
@@ -354,116 +323,3 @@ def process_o365_group_actions(panel_db, interval, params, log) -> dict:
             for hook in partner_hooks.values():
                 hook.close()
 
-
-# -- 2. idle sessions ("PowerShell runspaces") -------------------------------------------------------
-
-_CLOSE_IDLE = """
-UPDATE m365_tenant_tokens k SET closed_at = %(at)s, expires_at = NULL
-FROM m365_tenants t
-WHERE t.tenant_id = k.tenant_id AND k.closed_at IS NULL
-  AND (NOT t.enabled OR coalesce(greatest(k.last_used_at, k.renewed_at), '-infinity') <= %(idle)s)
-RETURNING k.tenant_id::text, t.conn_id, t.enabled
-"""
-
-
-def clear_powershell_runspaces(panel_db, interval, params) -> dict:
-    """Handle/clear PowerShell runspaces — here: close idle tenant sessions and drop their tokens."""
-    from panelflow.hooks.microsoft_graph import MicrosoftGraphHook, forget_cached_tokens
-
-    params = params or {}
-    at = interval.end
-    idle = at - timedelta(minutes=int(params.get("o365_session_idle_minutes", IDLE_MINUTES)))
-    report = StepReport()
-    for key in ("sessions_closed", "disabled_tenants", "cached_tokens_dropped", "cached_adapters_dropped"):
-        report.add(key, 0)
-    with panel_db.get_conn() as conn:
-        conn.autocommit = True
-        closed = conn.execute(_CLOSE_IDLE, {"at": at, "idle": idle}).fetchall()
-    for tenant, conn_id, enabled in closed:
-        report.add("sessions_closed")
-        if not enabled:
-            report.add("disabled_tenants")
-        report.add("cached_tokens_dropped", forget_cached_tokens(tenant))
-        if MicrosoftGraphHook.cached_request_adapters.pop(conn_id, None) is not None:
-            report.add("cached_adapters_dropped")
-    out = report.as_dict()
-    out["closed_tenants"] = sorted(t for t, _, _ in closed)
-    return out
-
-
-# -- 3. token renewal -----------------------------------------------------------------------------
-
-_DUE = """
-SELECT t.tenant_id::text, t.conn_id
-FROM m365_tenants t LEFT JOIN m365_tenant_tokens k ON k.tenant_id = t.tenant_id
-WHERE t.enabled
-  AND (k.tenant_id IS NULL
-       OR (k.closed_at IS NULL AND (k.expires_at IS NULL OR k.expires_at <= %(renew_by)s)))
-ORDER BY t.tenant_id
-"""
-
-_RENEWED = """
-INSERT INTO m365_tenant_tokens (tenant_id, renewed_at, expires_at, renewals)
-VALUES (%(tenant)s, %(at)s, %(expires)s, 1)
-ON CONFLICT (tenant_id) DO UPDATE SET renewed_at = EXCLUDED.renewed_at, expires_at = EXCLUDED.expires_at,
-    renewals = m365_tenant_tokens.renewals + 1, closed_at = NULL, last_error = NULL, last_error_at = NULL
-"""
-
-_RENEW_FAILED = """
-INSERT INTO m365_tenant_tokens (tenant_id, last_error, last_error_at) VALUES (%(tenant)s, %(error)s, %(at)s)
-ON CONFLICT (tenant_id) DO UPDATE SET last_error = EXCLUDED.last_error, last_error_at = EXCLUDED.last_error_at
-"""
-
-
-async def _renew_all(due: list[tuple[str, str]], concurrency: int) -> list[tuple[str, float | None, str | None]]:
-    from panelflow.hooks.microsoft_graph import GraphError, MicrosoftGraphHook
-
-    gate = asyncio.Semaphore(max(1, concurrency))
-
-    async def one(tenant: str, conn_id: str):
-        async with gate:
-            hook = MicrosoftGraphHook(conn_id)
-            try:
-                async with hook:
-                    token = await hook.renew_token()
-                return tenant, max(0.0, float(token.expires_on) - time.time()), None
-            except GraphError as exc:
-                return tenant, None, str(exc)
-            except Exception as exc:  # a connection that does not exist or cannot be read
-                return tenant, None, f"{conn_id}: {type(exc).__name__}: {exc}"
-
-    return await asyncio.gather(*(one(t, c) for t, c in due))
-
-
-def renew_tenant_access_tokens(panel_db, interval, params, log) -> dict:
-    """Sync and renew tenant access token."""
-    params = params or {}
-    at = interval.end
-    renew_by = at + timedelta(minutes=int(params.get("o365_token_renew_minutes", RENEW_BEFORE_MINUTES)))
-    report = StepReport()
-    for key in ("due", "renewed", "failed"):
-        report.add(key, 0)
-    with panel_db.get_conn() as conn:
-        conn.autocommit = True
-        due = conn.execute(_DUE, {"renew_by": renew_by}).fetchall()
-        report.add("due", len(due))
-        results = asyncio.run(_renew_all(due, int(params.get("tenant_concurrency", TOKEN_CONCURRENCY)))) if due else []
-        failed = []
-        for tenant, lifetime, error in results:
-            if error is None:
-                conn.execute(_RENEWED, {"tenant": tenant, "at": at, "expires": at + timedelta(seconds=lifetime)})
-                report.add("renewed")
-            else:
-                conn.execute(_RENEW_FAILED, {"tenant": tenant, "at": at, "error": error[:2000]})
-                report.add("failed")
-                report.skip(error.splitlines()[0][:300], f"tenant {tenant}")
-                failed.append(tenant)
-                if log is not None:
-                    log.warning("tenant %s: token not renewed: %s", tenant, error)
-        valid = conn.execute("SELECT count(*) FROM m365_tenant_tokens k JOIN m365_tenants t USING (tenant_id)"
-                             " WHERE t.enabled AND k.expires_at > %s", (at,)).fetchone()[0]
-    out = report.as_dict()
-    out["failed_tenants"] = failed
-    if due and len(failed) == len(due) and not valid:     # an outage, not one broken tenant: be seen
-        raise RuntimeError(f"no tenant token could be renewed ({len(failed)} tenants): {out['skipped_examples'][:3]}")
-    return out
