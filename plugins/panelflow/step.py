@@ -113,12 +113,14 @@ class EndpointsFailed(RuntimeError):
 
 @dataclass
 class Outcome:
-    """What :func:`for_each` did: the endpoints that answered (with what ``work`` returned) and
-    the names of those that failed."""
+    """What :func:`for_each` did: the endpoints that answered (with what ``work`` returned), the
+    names of those that failed with why, and those deferred to the next run."""
 
     answered: list[Any] = field(default_factory=list)
     results: list[Any] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+    deferred: list[str] = field(default_factory=list)
 
 
 def for_each(
@@ -127,35 +129,49 @@ def for_each(
     *,
     report: StepReport,
     kind: str,
+    plural: str | None = None,
     name: Callable[[Any], str] = lambda e: e.name,
     reason: Callable[[BaseException], str | None] | None = None,
     expected: tuple[type[BaseException], ...] = (),
     log: Any = None,
-    everything_failed: type[Exception] = EndpointsFailed,
+    everything_failed: Callable[[str], Exception] = EndpointsFailed,
     what: str = "",
+    on_failure: Callable[[Any, BaseException, str], None] | None = None,
+    skip_as: Callable[[str, str], tuple[str, str]] | None = None,
+    message: Callable[[Outcome, int], str] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> Outcome:
     """Run ``work(endpoint)`` for each endpoint, under the one failure rule of every step.
 
     **The rule.** An endpoint whose work raises an error the *backend* can give — unreachable,
     timed out, refused, its connection missing or misconfigured: ``expected`` classes, or any
     exception for which ``reason(exc)`` returns a text — fails alone: it is counted in
-    ``<kind>s_failed``, its reason (first line) is a skipped entry of the summary, its name is in
-    :attr:`Outcome.failed`, a warning is logged, and the next endpoint is worked. Any other
-    exception is a bug of ours or the panel DB failing: it propagates at once (the task fails and
-    Airflow retries it). When there was at least one endpoint and **every** endpoint failed,
-    ``everything_failed`` is raised after the loop, naming them: a step that reached nothing has
-    not done its work. No endpoints at all is success with nothing to do.
+    ``<plural>_failed``, its reason (first line) is a skipped entry of the summary, its name and
+    reason are in the :class:`Outcome`, a warning is logged, and the next endpoint is worked. Any
+    other exception is a bug of ours or the panel DB failing: it propagates at once (the task fails
+    and Airflow retries it). When at least one endpoint was tried and **every** endpoint tried
+    failed, ``everything_failed`` is raised after the loop, naming them: a step that reached
+    nothing has not done its work. No endpoints at all is success with nothing to do. Endpoints
+    left when ``stop()`` turns true (the run's time budget is spent) are deferred to the next run,
+    counted in ``<plural>_deferred``: neither tried nor failed.
 
-    Counts ``<kind>s`` (every endpoint tried) and ``<kind>s_failed``; the caller counts what the
-    work did. ``what`` prefixes the messages (the step or backend, e.g. "Exchange server").
+    Counts ``<plural>`` (every endpoint tried; ``plural`` defaults to ``<kind>s``) and
+    ``<plural>_failed``; the caller counts what the work did. The knobs keep a backend's own
+    words, never its own rule: ``what`` names the endpoints in messages ("Exchange server");
+    ``on_failure(endpoint, exc, reason)`` records a failure where the backend keeps it (a sync
+    row, an alert); ``skip_as(name, reason) -> (reason, record)`` words the summary's entry;
+    ``message(outcome, tried)`` words the all-failed error.
     """
     label = what or kind
-    report.zero(f"{kind}s", f"{kind}s_failed")
+    plural = plural or f"{kind}s"
+    report.zero(plural, f"{plural}_failed")
     outcome = Outcome()
-    failures: list[str] = []
     endpoints = list(endpoints)
     for endpoint in endpoints:
-        report.add(f"{kind}s")
+        if stop is not None and stop():
+            outcome.deferred.append(name(endpoint))
+            continue
+        report.add(plural)
         try:
             result = work(endpoint)
         except Exception as exc:  # noqa: BLE001 - sorted below: the backend's errors are the endpoint's
@@ -165,15 +181,23 @@ def for_each(
             if why is None:
                 raise
             who = name(endpoint)
-            report.add(f"{kind}s_failed")
-            report.skip(why.splitlines()[0][:300] if why else type(exc).__name__, f"{kind} {who}")
+            report.add(f"{plural}_failed")
+            entry = (why.splitlines()[0][:300] if why else type(exc).__name__, f"{kind} {who}")
+            report.skip(*(skip_as(who, why) if skip_as is not None else entry))
             outcome.failed.append(who)
-            failures.append(f"{who}: {why}")
+            outcome.errors[who] = why
             if log is not None:
                 log.warning("%s %s failed: %s", label, who, why)
+            if on_failure is not None:
+                on_failure(endpoint, exc, why)
         else:
             outcome.answered.append(endpoint)
             outcome.results.append(result)
-    if endpoints and not outcome.answered:
-        raise everything_failed(f"every {label} failed ({len(endpoints)}): " + "; ".join(failures))
+    if outcome.deferred:
+        report.add(f"{plural}_deferred", len(outcome.deferred))
+    tried = len(endpoints) - len(outcome.deferred)
+    if tried and not outcome.answered:
+        text = message(outcome, tried) if message is not None else (
+            f"every {label} failed ({tried}): " + "; ".join(f"{w}: {e}" for w, e in outcome.errors.items()))
+        raise everything_failed(text)
     return outcome

@@ -54,7 +54,6 @@ ENABLED_ONLY = f"(!(userAccountControl:{MATCHING_RULE_BIT_AND}:={UF_ACCOUNTDISAB
 
 # What makes one directory fail for a run (and only it): the DC unreachable or refusing the run's
 # reads, or its connection missing or unusable.
-FAILURES = (ActiveDirectoryError, AirflowNotFoundException)
 
 
 # -- the directories ---------------------------------------------------------------------------------
@@ -89,27 +88,6 @@ class DirectoriesFailed(EndpointsFailed):
     """Every enabled directory failed: the step reached nothing, so the task fails (retried, alerted)."""
 
 
-class _NoneAnswered(Exception):
-    """for_each's word that every directory failed; :func:`each_directory` says it with the errors."""
-
-
-class _Plural:
-    """The report for_each counts into: it names counts ``<kind>s``, the AD summaries say ``directories``."""
-
-    def __init__(self, report: StepReport):
-        self.report = report
-
-    def add(self, key: str, n: int = 1) -> None:
-        self.report.add(key.replace("directorys", "directories"), n)
-
-    def zero(self, *keys: str) -> _Plural:
-        self.report.zero(*(key.replace("directorys", "directories") for key in keys))
-        return self
-
-    def skip(self, reason: str, record: str) -> None:
-        self.report.skip(reason, record)
-
-
 def failure_reason(exc: BaseException) -> str | None:
     """The summary's reason for a failed directory; None for an error that is not the directory's."""
     if isinstance(exc, (AirflowNotFoundException, ActiveDirectoryConfigError)):
@@ -129,27 +107,23 @@ def each_directory(panel_db, report: StepReport, log, work: Callable[[Any, Direc
     errors: list[str] = []
     with panel_db.get_conn() as conn:
         conn.autocommit = True
-        directories = read_directories(conn)
 
         def attempt(directory: Directory):
-            try:
-                with session(directory) as hook:
-                    return work(conn, directory, hook)
-            except FAILURES as exc:
-                errors.append(f"{directory.name}: {first_line(exc)}")
-                if log is not None:
-                    log.warning("AD directory %s (%s) failed: %s", directory.name, directory.conn_id, exc)
-                if on_failure is not None:
-                    on_failure(conn, directory, exc)
-                raise
+            with session(directory) as hook:
+                return work(conn, directory, hook)
 
-        try:
-            return for_each(directories, attempt, report=_Plural(report), kind="directory",
-                            name=lambda d: f"{d.name} ({d.conn_id})", reason=failure_reason,
-                            everything_failed=_NoneAnswered)
-        except _NoneAnswered:
-            raise DirectoriesFailed(f"none of the {len(directories)} directories could be worked;"
-                                    f" every AD directory failed: {'; '.join(errors[:5])}") from None
+        def failed(directory: Directory, exc: BaseException, _reason: str) -> None:
+            errors.append(f"{directory.name}: {first_line(exc)}")
+            if log is not None:
+                log.warning("AD directory %s (%s) failed: %s", directory.name, directory.conn_id, exc)
+            if on_failure is not None:
+                on_failure(conn, directory, exc)
+
+        return for_each(read_directories(conn), attempt, report=report, kind="directory", plural="directories",
+                        name=lambda d: f"{d.name} ({d.conn_id})", reason=failure_reason, on_failure=failed,
+                        everything_failed=DirectoriesFailed,
+                        message=lambda _outcome, tried: f"none of the {tried} directories could be worked;"
+                                                        f" every AD directory failed: {'; '.join(errors[:5])}")
 
 
 def sync_each_directory(panel_db, interval, log, step: str, work: Callable) -> dict:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from panelflow.hooks.powershell import parse_records, powershell_session, ps_datetime
 from panelflow.services.server_samples import MIB, Bytes
-from panelflow.step import EndpointsFailed, StepReport, first_line, for_each
+from panelflow.step import EndpointsFailed, StepReport, for_each
 
 GIB = 1024 * MIB
 VHD_EXTENSIONS = (".vhd", ".vhdx", ".avhd", ".avhdx")
@@ -278,18 +278,15 @@ def for_each_host(conn, targets: list[Host], task: str, at: datetime, report: St
     from panelflow.hooks.powershell import PowerShellError
 
     def attempt(host: Host) -> None:
-        try:
-            with powershell_session(host.conn_id, log) as hook:
-                work(hook, host)
-        except (PowerShellError, AirflowException) as exc:
-            error = f"{type(exc).__name__}: {first_line(exc)}"
-            conn.execute(_MARK, {"host": host.id, "task": task, "at": at, "error": error})
-            raise
+        with powershell_session(host.conn_id, log) as hook:
+            work(hook, host)
         conn.execute(_MARK, {"host": host.id, "task": task, "at": at, "error": None})
         report.add("hosts_synced")
 
     outcome = for_each(targets, attempt, report=report, kind="host", expected=(PowerShellError, AirflowException),
-                       log=log, everything_failed=HyperVHostsFailed, what="Hyper-V host")
+                       log=log, everything_failed=HyperVHostsFailed, what="Hyper-V host",
+                       on_failure=lambda host, _exc, error: conn.execute(
+                           _MARK, {"host": host.id, "task": task, "at": at, "error": error}))
     summary = report.as_dict()
     summary["failed_hosts"] = outcome.failed
     if log is not None and summary["skipped"]:

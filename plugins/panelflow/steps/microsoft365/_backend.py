@@ -275,18 +275,14 @@ def _mark(conn, profile_id: int, task: str, at, error: str | None = None) -> Non
     conn.execute(_MARK, {"profile": profile_id, "task": task, "at": at, "error": error[:1000] if error else None})
 
 
-class _Deferred(Exception):
-    """The run's time budget ran out before this profile's turn: left for the next run."""
-
-
 class Profiles:
     """One step's pass over CSP profiles: :func:`panelflow.step.for_each` works them, one hook each,
     and the outcome of each is recorded on ``csp_profile_syncs``.
 
-    Adapted to for_each (not changing it): the summary keeps the threads' own shape — a failed
-    profile is a ``CSP profile not synced`` entry naming the profile and its error, ``profiles_synced``
-    counts the others — and a profile whose turn comes after the run's time budget
-    (``RUN_BUDGET_SECONDS``) is deferred (``profiles_deferred``), not failed.
+    The summary keeps the threads' own words — a failed profile is a ``CSP profile not synced``
+    entry naming the profile and its error, ``profiles_synced`` counts the others — and a profile
+    whose turn comes after the run's time budget (``RUN_BUDGET_SECONDS``) is deferred
+    (``profiles_deferred``), not failed.
     """
 
     def __init__(self, conn, task: str, at, report: StepReport, log):
@@ -307,39 +303,22 @@ class Profiles:
         from panelflow.hooks.partner_center import PartnerCenterHook
 
         errors = _profile_errors()
-        counted = StepReport()
-        deferred = 0
 
         def one(profile: CspProfile) -> None:
-            nonlocal deferred
-            if self.spent():
-                deferred += 1
-                raise _Deferred("deferred: the run's time budget is spent")
-            try:
-                with PartnerCenterHook(profile.conn_id) as hook:
-                    work(hook, profile)
-            except errors as exc:
-                error = _describe(exc)
-                self.report.skip("CSP profile not synced", f"{profile.name}: {error}")
-                _mark(self.conn, profile.id, self.task, self.at, error)
-                raise
+            with PartnerCenterHook(profile.conn_id) as hook:
+                work(hook, profile)
             _mark(self.conn, profile.id, self.task, self.at)
             self.report.add("profiles_synced")
 
-        def reason(exc: BaseException) -> str | None:
-            return str(exc) if isinstance(exc, _Deferred) else _describe(exc) if isinstance(exc, errors) else None
-
         try:
-            for_each([CspProfile(*p) for p in profiles], one, report=counted, kind="profile", reason=reason,
-                     log=self.log, everything_failed=PartnerCenterSyncFailed, what="CSP profile")
+            for_each([CspProfile(*p) for p in profiles], one, report=self.report, kind="profile",
+                     reason=lambda exc: _describe(exc) if isinstance(exc, errors) else None,
+                     skip_as=lambda who, why: ("CSP profile not synced", f"{who}: {why}"),
+                     on_failure=lambda profile, _exc, why: _mark(self.conn, profile.id, self.task, self.at, why),
+                     stop=self.spent, log=self.log, everything_failed=PartnerCenterSyncFailed, what="CSP profile")
         except PartnerCenterSyncFailed:
             if must_reach:
                 raise
-        finally:
-            self.report.add("profiles", counted.counts["profiles"])
-            self.report.add("profiles_failed", counted.counts["profiles_failed"] - deferred)
-            if deferred:
-                self.report.add("profiles_deferred", deferred)
 
 
 def group_by_profile(rows) -> dict[CspProfile, list]:
