@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 UV_VERSION := 0.13.9
 export PYTHONPATH := $(CURDIR)/plugins
 
-.PHONY: run test system-deps airflow catalog-report catalog-check pools bench lock clean
+.PHONY: run test test-fast system-deps airflow catalog-report catalog-check pools bench lock clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ run: $(VENV)/.installed
 ## servers the tests start on 127.0.0.1 that no wheel brings (PostgreSQL and SMTP come from the lock);
 ## samba is the Active Directory domain controller of the AD tests (under CI=true a missing one fails them);
 ## chromium is the headless browser of the Threads Manager page tests (Playwright drives Debian's chromium)
-## redis-server is the Celery broker of the queue-routing test (tests/test_celery_routing.py)
+## redis-server is the Celery broker of the queue-routing test (tests/dags/test_celery_routing.py)
 SYSTEM_BINARIES := dnsmasq dovecot samba samba-tool chromium redis-server
 SYSTEM_PACKAGES := dnsmasq-base dovecot-pop3d samba samba-dsdb-modules samba-vfs-modules chromium redis-server
 system-deps:
@@ -30,9 +30,23 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES); \
 	  else echo "missing:$$missing — install: sudo apt-get install $(SYSTEM_PACKAGES)"; exit 1; fi; fi
 
-## the whole suite: unit + integration on real PostgreSQL, SMTP and DNS servers (loopback only)
+## the whole suite: unit + integration on real PostgreSQL, SMTP and DNS servers (loopback only), on
+## TEST_WORKERS pytest-xdist workers (each its own PostgreSQL; free ports). --dist loadgroup with the
+## groups tests/harness/classify.py adds from conftest: the Samba AD DC tests (fixed port 636) on one
+## worker, the whole-Airflow-stack tests in PANELFLOW_STACK_LANES (2) groups, so at most two stacks
+## run at once on 2 cores; those units go out first. TEST_WORKERS=0: all in one process, as before.
+## ARGS="…" adds pytest arguments.
+TEST_WORKERS ?= 3
+PYTEST_XDIST = -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 test: $(VENV)/.installed system-deps
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_XDIST) --durations=30 $(ARGS)
+
+## the inner loop (< 3 min): every test not marked live — no Airflow stack or dag.test() run, no
+## system server (Samba, Dovecot, dnsmasq, redis, chromium …); PostgreSQL, aiosmtpd and the
+## in-process sandboxes only. A test that starts a server anyway fails here (PANELFLOW_TEST_FAST).
+TEST_FAST_WORKERS ?= 2
+test-fast: $(VENV)/.installed
+	PANELFLOW_TEST_FAST=1 $(PY) -m pytest -m "not live" -n $(TEST_FAST_WORKERS) --durations=10 $(ARGS)
 
 ## the airflow CLI against the `make run` set-up, e.g. make airflow ARGS="dags list"
 airflow: $(VENV)/.installed

@@ -42,6 +42,24 @@ os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = _PG.uri("airflow").replace("
 os.environ["AIRFLOW_CONN_PANEL_DB"] = _PG.uri("panel")
 
 
+from harness import classify as _classify  # noqa: E402
+from harness.classify import forbid_servers  # noqa: E402,F401  (make test-fast's guard, below)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's, which reads the xdist_group marks into the node ids
+def pytest_collection_modifyitems(config, items):
+    """Marks every test by what it starts (live, airflow_stack, samba: see tests/harness/classify.py)
+    and, under pytest-xdist, keeps the Samba tests on one worker and the Airflow stacks on one."""
+    _classify.apply(config, items)
+
+
+@pytest.fixture(autouse=True)
+def _no_servers_in_test_fast(request):
+    """Under ``make test-fast`` (PANELFLOW_TEST_FAST=1) a test that starts a server fails."""
+    if os.environ.get("PANELFLOW_TEST_FAST") == "1":
+        request.getfixturevalue("forbid_servers")
+
+
 def pytest_unconfigure(config):
     if "airflow.settings" in sys.modules:  # close Airflow's pooled connections before the server goes
         sys.modules["airflow.settings"].dispose_orm()

@@ -20,7 +20,7 @@ from panelflow.catalog.model import Thread
 from panelflow.operators import StepOperator, WaitForPendingWorkOperator
 from panelflow.overrides import ThreadOverride, applied
 from panelflow.overrides import load as load_overrides
-from panelflow.run_groups.operators import RenewRunGroupLease, guard_run
+from panelflow.run_groups.operators import RenewRunGroupLease, guard_run, release_callbacks
 from panelflow.schedules import describe, timetable_for
 
 WAIT_TASK_ID = "wait_for_pending_work"
@@ -72,6 +72,7 @@ def build_dag(catalog: Catalog, thread: Thread, override: ThreadOverride | None 
     settings = catalog.settings
     priority = catalog.priority(thread)
     built = thread.runnable_steps()
+    guarded = bool(thread.run_groups and built)
     start = settings.start_date
     dag = DAG(
         dag_id=thread.dag_id,
@@ -85,6 +86,8 @@ def build_dag(catalog: Catalog, thread: Thread, override: ThreadOverride | None 
         tags=[thread.domain, *thread.tags],
         # A thread with nothing built yet starts paused: its runs would do no work.
         is_paused_upon_creation=not built,
+        # a guarded run gives its run groups back when it ends, in the dag-processor (panelflow.run_groups)
+        **(release_callbacks() if guarded else {}),
         default_args={
             "owner": ",".join(catalog.owners(thread)),
             "retries": catalog.retries(thread),
@@ -119,8 +122,8 @@ def build_dag(catalog: Catalog, thread: Thread, override: ThreadOverride | None 
         for upstream in step.after:
             tasks[upstream] >> firsts[step.id]
     # threads sharing a run group never run at the same time: the run waits in queue for its groups
-    guard = guard_run(dag, thread.run_groups, steps=tasks.values(), firsts=firsts.values(),
-                      timeout_minutes=catalog.timeout_minutes(thread)) if thread.run_groups and tasks else None
+    guard = guard_run(dag, thread.run_groups, firsts=firsts.values(),
+                      timeout_minutes=catalog.timeout_minutes(thread)) if guarded else None
     if thread.schedule.kind == "daemon" and tasks:
         wait = WaitForPendingWorkOperator(
             task_id=WAIT_TASK_ID,

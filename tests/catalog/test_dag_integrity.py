@@ -8,9 +8,10 @@ from panelflow.alerts import ThreadFailureNotifier
 from panelflow.catalog import load_catalog
 from panelflow.factory import LIST_SUFFIX, WAIT_TASK_ID
 from panelflow.operators import StepOperator
-from panelflow.run_groups.leases import GUARD_TASK_ID, RELEASE_TASK_ID
+from panelflow.run_groups.leases import GUARD_TASK_ID
+from panelflow.run_groups.operators import ReleaseRunGroups
 
-FRAME_TASKS = {WAIT_TASK_ID, GUARD_TASK_ID, RELEASE_TASK_ID}   # the tasks around a thread's steps
+FRAME_TASKS = {WAIT_TASK_ID, GUARD_TASK_ID}   # the tasks around a thread's steps
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +44,16 @@ def test_every_step_is_a_task_or_reported_missing(dagbag, catalog):
         task_ids = {t for t in dag.task_ids if t not in FRAME_TASKS and not t.endswith(LIST_SUFFIX)}
         runnable = {s.id for s in thread.runnable_steps()}
         assert task_ids == runnable, thread.name
-        # a thread with run groups and steps waits for its groups first and gives them back last
+        # a thread with run groups and steps waits for its groups first (in the triggerer) and gives
+        # them back when the run ends (DAG callbacks, in the dag-processor)
         guarded = bool(thread.run_groups and runnable)
-        assert (GUARD_TASK_ID in dag.task_ids, RELEASE_TASK_ID in dag.task_ids) == (guarded, guarded), thread.name
+        released = [cb for cbs in (dag.on_success_callback or [], dag.on_failure_callback or [])
+                    for cb in cbs if isinstance(cb, ReleaseRunGroups)]
+        assert (GUARD_TASK_ID in dag.task_ids, len(released)) == (guarded, 2 * guarded), thread.name
         if guarded:
-            release = dag.get_task(RELEASE_TASK_ID)
-            assert release.is_teardown and release.trigger_rule == "all_done_setup_success"
+            guard = dag.get_task(GUARD_TASK_ID)
+            assert guard.is_setup and guard.start_from_trigger and not any(t.is_teardown for t in dag.tasks)
             assert not {t.task_id for t in dag.tasks if not t.upstream_list} - {GUARD_TASK_ID, WAIT_TASK_ID}
-            assert not {t.task_id for t in dag.tasks if not t.downstream_list} - {RELEASE_TASK_ID}
         for step in thread.steps:
             if step.id in runnable:
                 task = dag.get_task(step.id)
@@ -84,7 +87,7 @@ def test_dag_attributes_follow_the_catalog(dagbag, catalog):
             notifiers = [cb for cb in task.on_failure_callback if isinstance(cb, ThreadFailureNotifier)]
             assert len(notifiers) == 1 and notifiers[0].to == catalog.alert_to(thread)
             assert notifiers[0].thread == thread.name
-            if task.task_id in (GUARD_TASK_ID, RELEASE_TASK_ID):
+            if task.task_id == GUARD_TASK_ID:
                 assert task.pool == "default_pool"   # waiting in queue takes no run-group slot
             elif task.task_id != WAIT_TASK_ID:
                 step = next(s for s in thread.steps if s.id == task.task_id.removesuffix(LIST_SUFFIX))

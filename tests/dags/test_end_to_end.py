@@ -29,7 +29,7 @@ def test_sessions_mgt_work_runs_green(airflow_db, panel_db, sql):
     assert run.state == "success"
     tis = {ti.task_id: ti for ti in run.get_task_instances()}
     assert {k: ti.state for k, ti in tis.items()} == {"run_group_guard": "success", "expire_sessions": "success",
-                                                      "delete_old_session_history": "success", "run_group_release": "success"}
+                                                      "delete_old_session_history": "success"}
     assert sql("SELECT count(*) FROM run_group_leases")[0][0] == 0   # the run gave its group back
     assert [r[0] for r in sql("SELECT session_key FROM sessions")] == ["here"]
     assert [r[0] for r in sql("SELECT session_key FROM session_history")] == ["gone"]

@@ -56,8 +56,7 @@ def test_make_run_end_to_end(tmp_path):
         assert state == "success"
         tis = api.call("GET", f"/api/v2/dags/sessions_mgt_work/dagRuns/{run_id}/taskInstances")["task_instances"]
         assert {t["task_id"]: t["state"] for t in tis} == {
-            "run_group_guard": "success", "expire_sessions": "success", "delete_old_session_history": "success",
-            "run_group_release": "success"}
+            "run_group_guard": "success", "expire_sessions": "success", "delete_old_session_history": "success"}
         summary = api.call("GET", f"/api/v2/dags/sessions_mgt_work/dagRuns/{run_id}/taskInstances/expire_sessions/xcomEntries/return_value")
         assert "moved_to_history" in str(summary["value"])
 
@@ -165,7 +164,7 @@ def billing_work_from_the_api_and_a_backfilled_gap(api: Api, home: Path, ports: 
     tis = api.call("GET", f"/api/v2/dags/billing_work/dagRuns/{run['dag_run_id']}/taskInstances")["task_instances"]
     assert {t["task_id"]: t["state"] for t in tis} == dict.fromkeys(
         ["run_group_guard", "billing_process", "reseller_commissions", "ocs_call_record_bills",
-         "sip_billing_and_exports", "o365_price_update_notifications", "run_group_release"], "success")
+         "sip_billing_and_exports", "o365_price_update_notifications"], "success")
     summary = api.call("GET", f"/api/v2/dags/billing_work/dagRuns/{run['dag_run_id']}/taskInstances/billing_process"
                               "/xcomEntries/return_value")["value"]
     with psycopg.connect(panel) as conn:

@@ -150,6 +150,7 @@ class AirflowCluster:
             PANELFLOW_BASE_URL=f"http://127.0.0.1:{self.api_port}",
             PANELFLOW_WORKER_LOG_PORT=str(free_port()),
             PANELFLOW_TRIGGER_LOG_PORT=str(free_port()),
+            PANELFLOW_SCHEDULER_HEALTH_PORT=str(free_port()),
             PANELFLOW_CATALOG=str(catalog_dir),
             AIRFLOW__CORE__DAGS_FOLDER=str(dags),
             AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=postgres.uri(name).replace("postgresql://", "postgresql+psycopg://"),

@@ -19,7 +19,8 @@ from panelflow.dev.postgres import free_port
 from harness import ROOT
 
 
-def start(home: Path, ports: dict[str, int], **extra: str) -> tuple[subprocess.Popen, list[str]]:
+def launch(home: Path, ports: dict[str, int], **extra: str) -> subprocess.Popen:
+    """``make run`` started, not waited for (its output is the caller's to read)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PANELFLOW"))}
     env.update(extra)
     env.update(PANELFLOW_HOME=str(home), PANELFLOW_API_PORT=str(ports["api"]), PANELFLOW_PG_PORT=str(ports["pg"]),
@@ -28,9 +29,15 @@ def start(home: Path, ports: dict[str, int], **extra: str) -> tuple[subprocess.P
                PANELFLOW_MICROSOFT_PORT=str(ports.setdefault("microsoft", free_port())),
                PYTHONPATH=str(ROOT / "plugins"),
                # free ports, so the suite can run beside a developer's make run
-               PANELFLOW_WORKER_LOG_PORT=str(free_port()), PANELFLOW_TRIGGER_LOG_PORT=str(free_port()))
-    proc = subprocess.Popen([sys.executable, "-m", "panelflow.dev.local"], cwd=ROOT, env=env, text=True,
+               PANELFLOW_WORKER_LOG_PORT=str(free_port()), PANELFLOW_TRIGGER_LOG_PORT=str(free_port()),
+               PANELFLOW_SCHEDULER_HEALTH_PORT=str(free_port()))
+    return subprocess.Popen([sys.executable, "-m", "panelflow.dev.local"], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def start(home: Path, ports: dict[str, int], **extra: str) -> tuple[subprocess.Popen, list[str]]:
+    """``make run`` up (its "panelflow is up" line seen); prints how long the start took."""
+    proc = launch(home, ports, **extra)
     lines: list[str] = []
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -38,6 +45,8 @@ def start(home: Path, ports: dict[str, int], **extra: str) -> tuple[subprocess.P
         if not line:
             raise AssertionError("make run exited early:\n" + "".join(lines[-40:]))
         lines.append(line)
+        if line.startswith("panelflow: API healthy"):
+            print(line.strip())  # the start-up figures (printed, not asserted: the CPU is shared)
         if line.startswith("panelflow is up"):
             return proc, lines
     proc.kill()

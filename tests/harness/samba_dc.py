@@ -18,8 +18,10 @@ LDAPS on 127.0.0.1:636 is fixed (Samba has no option to move it, and loopback al
 127.0.0.1 are not interfaces Samba will bind), so one DC per machine: a lock file
 (``/tmp/panelflow-samba-dc.lock``) makes a second session wait at most
 ``PANELFLOW_SAMBA_LOCK_WAIT`` seconds (120) and then fail, naming the holder, instead of hanging
-or fighting over the port. Samba must run as root. A missing ``samba`` skips the tests, except
-under ``CI=true`` where it fails them.
+or fighting over the port. Within one ``make test`` the tests using the DC are marked ``samba`` and
+grouped on one pytest-xdist worker (tests/harness/classify.py), so only that worker starts it.
+Samba must run as root. A missing ``samba`` skips the tests, except under ``CI=true`` where it
+fails them.
 
 The DC is started in its own process group with its stdin a pipe and a parent-death signal, so it
 goes away with the test process even if that one is killed; :meth:`SambaDC.stop` ends it by PID.
@@ -136,7 +138,9 @@ class SambaDC:
                         f" one per machine; waited {wait:.0f} s (PANELFLOW_SAMBA_LOCK_WAIT)")
                 time.sleep(0.5)
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}: {' '.join(sys.argv)[:150]}\n".encode(), 0)
+        worker = os.environ.get("PYTEST_XDIST_WORKER")   # make test: which pytest-xdist worker holds it
+        os.pwrite(fd, f"pid {os.getpid()}{f' (xdist {worker})' if worker else ''}: {' '.join(sys.argv)[:150]}\n"
+                  .encode(), 0)
         self._lock_fd = fd
 
     def _unlock(self) -> None:

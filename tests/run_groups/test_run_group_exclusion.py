@@ -81,8 +81,7 @@ def test_intersecting_threads_never_run_together(cluster, migrated_panel_db):
         assert len(tis[n]) == RUNS_PER_THREAD  # none lost
         for run_id, by_task in tis[n].items():
             assert {t: (ti["state"], ti["try_number"]) for t, ti in by_task.items()} == {
-                "run_group_guard": ("success", 1), "expire_sessions": ("success", 1),
-                "run_group_release": ("success", 1)}, (n, run_id)
+                "run_group_guard": ("success", 1), "expire_sessions": ("success", 1)}, (n, run_id)
             step = by_task["expire_sessions"]
             sections[(n, run_id)] = (when(step["start_date"]), when(step["end_date"]))
 
@@ -97,7 +96,9 @@ def test_intersecting_threads_never_run_together(cluster, migrated_panel_db):
             side_by_side += 1
     assert overlaps == []
 
-    # the exclusion was exercised: runs did queue, and each got its groups once the holder let go
+    # the exclusion was exercised: runs did queue, and each got its groups once the holder ended
+    ended = {(n, r["dag_run_id"]): when(r["end_date"]) for n in names
+             for r in api.call("GET", f"/api/v2/dags/{dag_id(n)}/dagRuns?limit=200")["dag_runs"]}
     handoffs = []
     for n in names:
         for run_id, by_task in tis[n].items():
@@ -106,17 +107,28 @@ def test_intersecting_threads_never_run_together(cluster, migrated_panel_db):
                 continue
             start = sections[(n, run_id)][0]
             # the intersecting run that ended last before this one started
-            before = [when(tis[m][r]["run_group_release"]["end_date"]) for (m, r) in sections
+            before = [ended[(m, r)] for (m, r) in sections
                       if m != n and set(RING[m]) & set(RING[n]) and sections[(m, r)][1] <= start]
             if before:
                 handoffs.append((start - max(before)).total_seconds())
     assert len(handoffs) >= 5
-    with psycopg.connect(migrated_panel_db) as conn:
-        assert conn.execute("SELECT count(*) FROM run_group_leases").fetchone()[0] == 0
-        assert conn.execute("SELECT count(*) FROM run_group_waiters").fetchone()[0] == 0
-    print(f"\n{len(order)} runs in {took:.1f} s; {len(handoffs)} waited; holder's release end → waiter's step "
+    # every run gave its groups back (the DAG's end callbacks, run by the dag-processor soon after)
+    assert _settled(api, migrated_panel_db) == (0, 0)
+    print(f"\n{len(order)} runs in {took:.1f} s; {len(handoffs)} waited; holder's run end → waiter's step "
           f"start: median {statistics.median(handoffs):.1f} s, max {max(handoffs):.1f} s; "
           f"disjoint runs side by side: {side_by_side}")
+
+
+def _settled(api, panel_url: str, timeout: float = 60) -> tuple[int, int]:
+    """(leases, waiters) left once the release callbacks of ended runs had ``timeout`` to come."""
+    def counts():
+        with psycopg.connect(panel_url) as conn:
+            return tuple(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                         for t in ("run_group_leases", "run_group_waiters"))
+    try:
+        return api.wait_for(lambda: counts() if counts() == (0, 0) else None, timeout, "the releases")
+    except AssertionError:
+        return counts()
 
 
 def _running_step(api, dag: str, run_id: str):
@@ -128,9 +140,15 @@ def _running_step(api, dag: str, run_id: str):
     return api.wait_for(find, 60, f"{dag}'s step running")
 
 
-def _guard_deferred(api, dag: str, run_id: str):
+def _guard_deferred(api, dag: str, run_id: str, panel_url: str):
+    """The run in queue: its guard deferred (as every guard starts) and its trigger has tried and
+    put the run in the waiters' queue."""
+    def waiting():
+        with psycopg.connect(panel_url) as conn:
+            return conn.execute("SELECT 1 FROM run_group_waiters WHERE dag_id = %s AND run_id = %s",
+                                (dag, run_id)).fetchone()
     return api.wait_for(lambda: any(ti["task_id"] == "run_group_guard" and ti["state"] == "deferred"
-                                    for ti in api.task_instances(dag, run_id)), 60, f"{dag} in queue")
+                                    for ti in api.task_instances(dag, run_id)) and waiting(), 60, f"{dag} in queue")
 
 
 def _partner_start(api, dag: str, run_id: str) -> tuple[datetime, datetime, dict]:
@@ -155,13 +173,13 @@ def sessions_locked(migrated_panel_db):
 
 
 def test_a_holder_killed_mid_run_frees_its_partner(cluster, sessions_locked, migrated_panel_db):
-    """SIGKILL to the holder's task process: its supervisor fails the task, the release (a
-    teardown) still runs, and the partner waiting in queue gets the groups."""
+    """SIGKILL to the holder's task process: its supervisor fails the task, the run ends failed,
+    and the partner waiting in queue gets the groups."""
     api = cluster.api
     holder = api.trigger("ring_a_work")
     step = _running_step(api, "ring_a_work", holder)
     partner = api.trigger("ring_b_work")  # shares ring_b with ring_a
-    _guard_deferred(api, "ring_b_work", partner)
+    _guard_deferred(api, "ring_b_work", partner, migrated_panel_db)
     with psycopg.connect(migrated_panel_db) as conn:  # the step renewed the lease as it started (heartbeat)
         assert conn.execute("SELECT DISTINCT dag_id, run_id, heartbeat_at > acquired_at FROM run_group_leases"
                             ).fetchall() == [("ring_a_work", holder, True)]
@@ -188,7 +206,7 @@ def test_a_holder_killed_mid_run_frees_its_partner(cluster, sessions_locked, mig
     assert api.wait_runs("ring_b_work", [partner], timeout=60) == {partner: "success"}
     assert api.wait_runs("ring_a_work", [holder], timeout=60) == {holder: "failed"}
     holder_tis = {ti["task_id"]: ti["state"] for ti in api.task_instances("ring_a_work", holder)}
-    assert holder_tis == {"run_group_guard": "success", "expire_sessions": "failed", "run_group_release": "success"}
+    assert holder_tis == {"run_group_guard": "success", "expire_sessions": "failed"}
     acquired, started, _ = _partner_start(api, "ring_b_work", partner)
     blocked = (acquired - killed).total_seconds()
     assert blocked < 20
@@ -198,12 +216,12 @@ def test_a_holder_killed_mid_run_frees_its_partner(cluster, sessions_locked, mig
 
 def test_a_holder_marked_failed_frees_its_partner(cluster, sessions_locked, migrated_panel_db):
     """The holder's run marked failed over the REST API (as from the UI): Airflow fails the
-    running step and still runs the release (a teardown), and the partner goes on."""
+    running step, the run's groups go back, and the partner goes on."""
     api = cluster.api
     holder = api.trigger("ring_c_work")
     _running_step(api, "ring_c_work", holder)
     partner = api.trigger("ring_d_work")  # shares ring_d with ring_c
-    _guard_deferred(api, "ring_d_work", partner)
+    _guard_deferred(api, "ring_d_work", partner, migrated_panel_db)
     marked = datetime.now().astimezone()
     api.call("PATCH", f"/api/v2/dags/ring_c_work/dagRuns/{holder}", {"state": "failed"})
     sessions_locked.release()
@@ -216,35 +234,36 @@ def test_a_holder_marked_failed_frees_its_partner(cluster, sessions_locked, migr
           f"{(started - marked).total_seconds():.1f} s; holder's tasks {holder_tis}; partner cleared {guard['cleared']}")
     assert blocked < 15
     assert api.run_state("ring_c_work", holder) == "failed"
-    assert holder_tis["run_group_release"] == "success"
-    with psycopg.connect(migrated_panel_db) as conn:
-        assert conn.execute("SELECT count(*) FROM run_group_leases").fetchone()[0] == 0
+    assert _settled(api, migrated_panel_db)[0] == 0
 
 
 def test_a_holder_whose_release_never_runs_is_cleared(cluster, sessions_locked, migrated_panel_db):
-    """The release never runs (here an operator skips it and fails the run from the UI/REST;
-    equally a release failing for good): the holder's leases stay behind. The partner's trigger
-    asks Airflow for the holder's run, finds it ended, clears its leases and takes the groups."""
+    """The release never runs (here the dag-processor, which runs the release callback, is
+    stopped while the holder's run is failed from the UI/REST; equally a release failing for
+    good): the holder's leases stay behind. The partner's trigger asks Airflow for the holder's
+    run, finds it ended, clears its leases and takes the groups."""
     api = cluster.api
     holder = api.trigger("ring_b_work")
     _running_step(api, "ring_b_work", holder)
     partner = api.trigger("ring_c_work")  # shares ring_c with ring_b
-    _guard_deferred(api, "ring_c_work", partner)
+    _guard_deferred(api, "ring_c_work", partner, migrated_panel_db)
     with psycopg.connect(migrated_panel_db) as conn:
         assert conn.execute("SELECT DISTINCT dag_id, run_id FROM run_group_leases").fetchall() == [("ring_b_work", holder)]
-    api.call("PATCH", f"/api/v2/dags/ring_b_work/dagRuns/{holder}/taskInstances/run_group_release",
-             {"new_state": "skipped"})
-    ended = datetime.now().astimezone()
-    api.call("PATCH", f"/api/v2/dags/ring_b_work/dagRuns/{holder}", {"state": "failed"})
-    sessions_locked.release()
-    assert api.wait_runs("ring_c_work", [partner], timeout=60) == {partner: "success"}
+    processor = cluster.procs["dag-processor"].pid
+    os.killpg(processor, signal.SIGSTOP)   # no release callback for now
+    try:
+        ended = datetime.now().astimezone()
+        api.call("PATCH", f"/api/v2/dags/ring_b_work/dagRuns/{holder}", {"state": "failed"})
+        sessions_locked.release()
+        assert api.wait_runs("ring_c_work", [partner], timeout=60) == {partner: "success"}
+    finally:
+        os.killpg(processor, signal.SIGCONT)
     acquired, started, _ = _partner_start(api, "ring_c_work", partner)
     blocked = (acquired - ended).total_seconds()
     guard = api.xcom("ring_c_work", partner, "run_group_guard")
     holder_tis = {ti["task_id"]: ti["state"] for ti in api.task_instances("ring_b_work", holder)}
     print(f"\nholder failed without its release → partner cleared its leases and holds the groups after "
           f"{blocked:.1f} s; holder's tasks {holder_tis}")
-    assert holder_tis["run_group_release"] == "skipped"
     assert guard["cleared"] == [f"ring_b_work/{holder}"]
     assert blocked < 10  # at most one poll (2 s) after Airflow ended the run, plus the scheduler's round
 
@@ -271,7 +290,7 @@ def test_idle_daemons_hold_no_slot_and_pick_up_work_within_10_s(cluster, panel_d
     idle = next(w for w in waits if w["dag_id"] == "queue_daemon1_work")
     daemon1 = {ti["task_id"]: ti["state"] for ti in api.task_instances("queue_daemon1_work", idle["dag_run_id"])}
     assert daemon1 == {"wait_for_pending_work": "deferred", "run_group_guard": None,
-                       "process_o365_group_actions": None, "run_group_release": None}
+                       "process_o365_group_actions": None}
     assert sql("SELECT count(*) FROM run_group_leases") == [(0,)]
     assert sql("SELECT count(*) FROM run_group_waiters") == [(0,)]
     # … and a worker slot is still there for everyone else

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from panelflow.run_groups import leases as rg
-from panelflow.run_groups.operators import RenewRunGroupLease, RunGroupGuardOperator
+from panelflow.run_groups.operators import ReleaseRunGroups, RenewRunGroupLease, RunGroupGuardOperator
 from panelflow.run_groups.trigger import RunGroupLeaseTrigger
 
 LEASE = timedelta(minutes=5)
@@ -194,7 +194,7 @@ def test_overlapping_group_sets_never_share_and_never_deadlock(migrated_panel_db
 def test_trigger_serializes_names_only():
     path, kwargs = RunGroupLeaseTrigger("a", "r1", ["x", "y"], lease_seconds=60, poll_seconds=0.5).serialize()
     assert path == "panelflow.run_groups.trigger.RunGroupLeaseTrigger"
-    assert kwargs == {"dag_id": "a", "run_id": "r1", "run_groups": ["x", "y"], "lease_seconds": 60,
+    assert kwargs == {"lease_dag_id": "a", "lease_run_id": "r1", "run_groups": ["x", "y"], "lease_seconds": 60,
                       "poll_seconds": 0.5, "conn_id": "panel_db"}
 
 
@@ -225,9 +225,33 @@ def test_trigger_waits_then_takes_the_groups_on_release(conn, sql, monkeypatch):
     assert holders(sql) == {"x": "waiter", "y": "waiter"}
 
 
+def test_release_callback_gives_back_only_what_the_ended_run_took(panel_db, conn, sql):
+    """The DAG's end callback as the dag-processor calls it (``dag``, ``run_id``, ``dag_run``).
+    A late callback must not free the groups a cleared run, already running again, took anew."""
+    from types import SimpleNamespace
+
+    runs = Runs()
+    assert acquire(conn, "a", ["x", "y"], runs).acquired
+    ended = sql("SELECT clock_timestamp()")[0][0]
+    time.sleep(0.05)
+    assert acquire(conn, "b", ["x"], runs).acquired is False   # b in queue behind a
+    context = {"dag": SimpleNamespace(dag_id="a"), "run_id": "r1", "dag_run": SimpleNamespace(end_date=ended)}
+    ReleaseRunGroups()(context)
+    assert holders(sql) == {}
+    assert sql("SELECT dag_id FROM run_group_waiters") == [("b",)]   # b's place is b's
+
+    # a's run was cleared and took its groups again; the callback of its first end comes late
+    assert acquire(conn, "b", ["x"], runs).acquired and rg.release(conn, "b", "r1")
+    assert acquire(conn, "a", ["x", "y"], runs).acquired
+    ReleaseRunGroups()(context)
+    assert holders(sql) == {"x": "a", "y": "a"}
+    ReleaseRunGroups()({"dag": SimpleNamespace(dag_id="a"), "run_id": "r1"})   # no run data: all of it
+    assert holders(sql) == {}
+
+
 # -- how the factory wires the guard -----------------------------------------------------------------
 
-def test_factory_wraps_every_guarded_run_between_guard_and_release(tmp_path):
+def test_factory_guards_every_guarded_run_and_releases_at_its_end(tmp_path):
     from harness.airflow_cluster import write_catalog
 
     from panelflow.catalog import load_catalog
@@ -266,14 +290,23 @@ def test_factory_wraps_every_guarded_run_between_guard_and_release(tmp_path):
     dags = build_dags(load_catalog(catalog), overrides={})
 
     dag = dags["guarded_work"]
-    guard, release = dag.get_task(rg.GUARD_TASK_ID), dag.get_task(rg.RELEASE_TASK_ID)
+    guard = dag.get_task(rg.GUARD_TASK_ID)
     assert isinstance(guard, RunGroupGuardOperator) and guard.run_groups == ["a", "b"]
     assert guard.lease_minutes == 20 + rg.LEASE_MARGIN_MINUTES
-    assert guard.is_setup and release.is_teardown and release.trigger_rule == "all_done_setup_success"
+    # it starts in the triggerer (no task process), its trigger told which run it is by templates
+    assert guard.start_from_trigger and guard.start_trigger_args.trigger_cls == f"{RunGroupLeaseTrigger.__module__}." \
+        f"{RunGroupLeaseTrigger.__name__}"
+    assert guard.start_trigger_args.trigger_kwargs["run_groups"] == ["a", "b"]
+    assert set(guard.template_fields) == {"lease_dag_id", "lease_run_id"} <= set(guard.start_trigger_args.trigger_kwargs)
+    assert guard.execution_timeout is None   # waiting in queue is not the guard running long
+    # a setup without a teardown: clearing any step clears the guard too
+    assert guard.is_setup and not any(t.is_teardown for t in dag.tasks)
     assert guard.upstream_task_ids == set()
-    assert guard.downstream_task_ids == {"one", "each__items", rg.RELEASE_TASK_ID}   # every step starts after it
-    assert release.upstream_task_ids == {"two", "each", rg.GUARD_TASK_ID}           # and ends before it
-    assert guard.pool == release.pool == "default_pool"   # a deferred guard takes no run-group pool slot
+    assert guard.downstream_task_ids == {"one", "each__items"}   # every step starts after it
+    assert guard.pool == "default_pool"   # a deferred guard takes no run-group pool slot
+    # the groups go back when the run ends, however (DAG callbacks, in the dag-processor)
+    for callbacks in (dag.on_success_callback, dag.on_failure_callback):
+        assert sum(isinstance(cb, ReleaseRunGroups) for cb in callbacks) == 1
     for task in dag.tasks:
         assert any(isinstance(cb, RenewRunGroupLease) for cb in task.on_execute_callback or []), task.task_id
 
@@ -283,6 +316,7 @@ def test_factory_wraps_every_guarded_run_between_guard_and_release(tmp_path):
 
     free = dags["free_work"]
     assert free.task_ids == ["one"] and not free.get_task("one").on_execute_callback
+    assert not free.on_success_callback and not free.on_failure_callback
 
 
 def test_every_real_thread_with_run_groups_is_guarded():

@@ -226,12 +226,21 @@ def main() -> None:
         from panelflow.db import url_from_connection
 
         a.url = url_from_connection()
-    counts = load_demo(a.url, a.customers)
-    print("demo data: " + ", ".join(f"{t} {n}" for t, n in counts.items()))
     if a.local_ports:
         ports = {k: int(v) for k, v in (item.split("=") for item in a.local_ports.split(","))}
-        with psycopg.connect(sqlalchemy_url(a.url).replace("postgresql+psycopg://", "postgresql://")) as conn:
-            load_local_sandbox(conn, ports, [t for t in a.graph_tenants.split(",") if t])
+        load_for_make_run(a.url, ports, [t for t in a.graph_tenants.split(",") if t], a.customers)
+    else:
+        counts = load_demo(a.url, a.customers)
+        print("demo data: " + ", ".join(f"{t} {n}" for t, n in counts.items()))
+
+
+def load_for_make_run(url: str, ports: dict[str, int], graph_tenants: list[str], customers: int = 200) -> None:
+    """The demo rows plus the monitors and sandbox records of make run's own components; called
+    in-process by ``panelflow.dev.prepare`` (which has the connection already) as well as here."""
+    counts = load_demo(url, customers)
+    print("demo data: " + ", ".join(f"{t} {n}" for t, n in counts.items()), flush=True)
+    with psycopg.connect(sqlalchemy_url(url).replace("postgresql+psycopg://", "postgresql://")) as conn:
+        load_local_sandbox(conn, ports, graph_tenants)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,21 @@
 """``make run``: panelflow on one machine, supervised as one unit.
 
-Starts (or reuses) an embedded PostgreSQL holding the Airflow metadata DB and the panel DB,
-migrates both, loads the demo data once, syncs pools from the catalog, then runs the Airflow 3
-components — scheduler, dag-processor, triggerer, API server (LocalExecutor) — plus a local SMTP
-sink that keeps alert e-mails as files the card-payment gateway sandbox (BillingWork charges
-through it), the registrar sandbox (DomainNameDataSyncThread) and the Microsoft sandbox (Graph,
-Partner Center, Azure Retail Prices). Each child runs in its own process group; Ctrl-C or
-SIGTERM stops every group (children of children included) and then PostgreSQL, so nothing is
-left behind. A second run reuses ``.panelflow/``.
+Starts (or reuses) an embedded PostgreSQL holding the Airflow metadata DB and the panel DB, then
+the Airflow 3 components — scheduler, dag-processor, triggerer, API server (LocalExecutor) — plus
+a local SMTP sink that keeps alert e-mails as files, the card-payment gateway sandbox (BillingWork
+charges through it), the registrar sandbox (DomainNameDataSyncThread) and the Microsoft sandbox
+(Graph, Partner Center, Azure Retail Prices).
+
+Start order is what each needs, because on 2 cores every process importing Airflow at once is
+what a start costs: the servers that need nothing start first; ``panelflow.dev.prepare`` (one
+process) migrates both databases (nothing to do on a restart), loads the demo data once and
+syncs pools; scheduler, triggerer and API server start as soon as the metadata DB is ready, the
+dag-processor once the panel DB is. A component that exits is restarted with back-off and a crash
+loop stops everything (``panelflow.dev.supervise``). Each child runs in its own process group,
+which a watchdog stops when make run stops or dies; Ctrl-C or SIGTERM stops every group
+(children of children included) and then PostgreSQL, so nothing is left behind. A second run
+reuses ``.panelflow/``. Children run without PYTHONDONTWRITEBYTECODE: byte-code caches, as in any
+deployment, instead of compiling Airflow from source at every start.
 
 Environment: PANELFLOW_HOME (state, default ./.panelflow), PANELFLOW_API_PORT (8080),
 PANELFLOW_PG_PORT (54329), PANELFLOW_SMTP_PORT (8025), PANELFLOW_GATEWAY_PORT (8765), PANELFLOW_REGISTRAR_PORT (8766), PANELFLOW_MICROSOFT_PORT (8767), PANELFLOW_DATABASE_URL (use this
@@ -23,14 +31,20 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import psutil
+
 from panelflow.config import ROOT, render
 from panelflow.dev.postgres import die_with_parent
+from panelflow.dev.prepare import READY
+from panelflow.dev.supervise import Supervision, describe_exit
 
+SERVERS = ("smtp-sink", "payment-gateway", "registrar", "microsoft")  # need nothing: started first
 COMPONENTS = {
     "scheduler": ["scheduler"],
     "dag-processor": ["dag-processor"],
@@ -52,9 +66,10 @@ class Supervisor:
         self.registrar_port = int(os.environ.get("PANELFLOW_REGISTRAR_PORT", "8766"))
         self.microsoft_port = int(os.environ.get("PANELFLOW_MICROSOFT_PORT", "8767"))
         self.airflow_home = self.home / "airflow"
-        self.procs: dict[str, subprocess.Popen] = {}
         self.pg = None
-        self.watchdog: subprocess.Popen | None = None
+        self.sup: Supervision | None = None
+        self.preparing: subprocess.Popen | None = None
+        self.metadata_ready = threading.Event()
         self.stopping = False
 
     # -- set-up ---------------------------------------------------------------------------
@@ -68,15 +83,6 @@ class Supervisor:
             path.write_text(json.dumps(values))
             path.chmod(0o600)
         return values
-
-    def _database_server(self) -> str:
-        external = os.environ.get("PANELFLOW_DATABASE_URL")
-        if external:
-            return external.rstrip("/")
-        from panelflow.dev.postgres import EmbeddedPostgres
-
-        self.pg = EmbeddedPostgres(self.home / "pgdata", port=self.pg_port).start()
-        return self.pg.uri("").rstrip("/")
 
     def environment(self, server: str, sec: dict[str, str]) -> dict[str, str]:
         env = dict(os.environ)
@@ -140,15 +146,64 @@ class Supervisor:
         path.write_text("".join(f"export {k}={shlex.quote(env[k])}\n" for k in keys))
         path.chmod(0o600)
 
-    def _run(self, env, *args: str) -> None:
-        print(f"panelflow: {' '.join(args)}", flush=True)
-        subprocess.run(args, env=env, check=True, cwd=ROOT)
+    def _database_server(self) -> str:
+        """The server URL; the embedded server is only described here (same port and data
+        directory at every start and restart) and started by ``begin``."""
+        external = os.environ.get("PANELFLOW_DATABASE_URL")
+        if external:
+            return external.rstrip("/")
+        from panelflow.dev.postgres import EmbeddedPostgres
 
-    def prepare(self) -> dict[str, str]:
+        self.pg = EmbeddedPostgres(self.home / "pgdata", port=self.pg_port)
+        return self.pg.uri("").rstrip("/")
+
+    def _popen(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+        out = open(self.home / "logs" / f"{name}.log", "ab")
+        cwd = ROOT / "include" if cmd[1:3] == ["-m", f"sandbox.{name.replace('-', '_')}"] else ROOT  # -m finds it there
+        try:
+            return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True, preexec_fn=die_with_parent(signal.SIGTERM))
+        finally:
+            out.close()
+
+    def _add(self, names, env: dict[str, str]) -> None:
+        commands = self.commands()
+        for name in names:
+            self.sup.add(name, lambda name=name: self._popen(name, commands[name], env))
+        print(f"panelflow: started {', '.join(f'{n} ({self.sup.children[n].proc.pid})' for n in names)}", flush=True)
+
+    def commands(self) -> dict[str, list[str]]:
+        py = sys.executable
+        commands = {name: [py, "-m", "airflow", *args] for name, args in COMPONENTS.items()}
+        # aiosmtpd's Mailbox handler makes the Maildir (new/, cur/, tmp/) itself if the folder is absent
+        commands["smtp-sink"] = [py, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{self.smtp_port}",
+                                 "-c", "aiosmtpd.handlers.Mailbox", str(self.home / "mail")]
+        for name, port in (("payment-gateway", self.gateway_port), ("registrar", self.registrar_port),
+                           ("microsoft", self.microsoft_port)):
+            commands[name] = [py, "-m", f"sandbox.{name.replace('-', '_')}", "--host", "127.0.0.1", "--port", str(port)]
+        return commands
+
+    # -- start ----------------------------------------------------------------------------
+    def begin(self) -> dict[str, str]:
+        """Everything that needs no database, then PostgreSQL and the DB preparation (in the
+        background): the servers without dependencies start while the databases are prepared."""
         self.home.mkdir(parents=True, exist_ok=True)
         self.airflow_home.mkdir(parents=True, exist_ok=True)
+        (self.home / "logs").mkdir(exist_ok=True)
         sec = self._secrets()
         server = self._database_server()
+        env = self.environment(server, sec)
+        # byte-code caches, as any deployment has: with PYTHONDONTWRITEBYTECODE (set in this
+        # shell) every component compiled Airflow from source at every start
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        self._write_cli_env(env)
+        render(self.airflow_home, env)
+        (self.airflow_home / "simple_auth_manager_passwords.json.generated").write_text(
+            json.dumps({"admin": sec["admin_password"]}))
+        self.sup = Supervision(log=lambda line: print(line, flush=True))
+        self._add(SERVERS, env)
+        if self.pg is not None:
+            self.sup.add("postgres", lambda: self.pg.start().proc, own_group=False)
         import psycopg
         from psycopg import sql
 
@@ -156,101 +211,101 @@ class Supervisor:
             for db in ("airflow", "panel"):
                 if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,)).fetchone():
                     conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
-        env = self.environment(server, sec)
-        self._write_cli_env(env)
-        render(self.airflow_home, env)
-        (self.airflow_home / "simple_auth_manager_passwords.json.generated").write_text(
-            json.dumps({"admin": sec["admin_password"]}))
-        py = sys.executable
-        self._run(env, py, "-m", "airflow", "db", "migrate")
-        self._run(env, py, "-m", "panelflow.db", "upgrade", server + "/panel")
-        flag = self.home / "demo-loaded"
-        if not flag.exists():
-            ports = {"api": self.api_port, "smtp": self.smtp_port, "pg": urllib.parse.urlsplit(server).port or 5432, "gateway": self.gateway_port,
-                     "registrar": self.registrar_port, "microsoft": self.microsoft_port}
-            self._run(env, py, "-m", "panelflow.dev.demo", server + "/panel", "--customers", "200",
-                      "--local-ports", ",".join(f"{k}={v}" for k, v in ports.items()),
-                      "--graph-tenants", ",".join(json.loads(env[f"AIRFLOW_CONN_M365_TENANT_{i}"])["extra"]["tenant_id"]
-                                                  for i in range(GRAPH_TENANTS)))
-            flag.write_text("1")
-        self._run(env, py, "-m", "panelflow.pools")
-        self._run(env, py, "-m", "airflow", "dags", "reserialize")
+        ports = {"api": self.api_port, "smtp": self.smtp_port, "pg": urllib.parse.urlsplit(server).port or 5432,
+                 "gateway": self.gateway_port, "registrar": self.registrar_port, "microsoft": self.microsoft_port}
+        self.preparing = subprocess.Popen(
+            [sys.executable, "-m", "panelflow.dev.prepare"], cwd=ROOT, text=True, start_new_session=True,
+            env={**env, "PANELFLOW_HOME": str(self.home),
+                 "PANELFLOW_DEMO_PORTS": ",".join(f"{k}={v}" for k, v in ports.items())},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=die_with_parent(signal.SIGTERM))
+        self.sup.watch(self.preparing)
+        threading.Thread(target=self._relay, args=(self.preparing.stdout,), daemon=True).start()
         return env
 
-    # -- processes ------------------------------------------------------------------------
-    def start(self, env: dict[str, str]) -> None:
-        logs = self.home / "logs"
-        logs.mkdir(exist_ok=True)
-        self.watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG], stdin=subprocess.PIPE, text=True,
-                                         start_new_session=True)
-        commands = {name: [sys.executable, "-m", "airflow", *args] for name, args in COMPONENTS.items()}
-        # aiosmtpd's Mailbox handler makes the Maildir (new/, cur/, tmp/) itself if the folder is absent
-        commands["smtp-sink"] = [sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{self.smtp_port}",
-                                 "-c", "aiosmtpd.handlers.Mailbox", str(self.home / "mail")]
-        commands["payment-gateway"] = [sys.executable, "-m", "sandbox.payment_gateway",
-                                       "--host", "127.0.0.1", "--port", str(self.gateway_port)]
-        commands["registrar"] = [sys.executable, "-m", "sandbox.registrar",
-                                 "--host", "127.0.0.1", "--port", str(self.registrar_port)]
-        commands["microsoft"] = [sys.executable, "-m", "sandbox.microsoft",
-                                 "--host", "127.0.0.1", "--port", str(self.microsoft_port)]
-        for name, cmd in commands.items():
-            out = open(logs / f"{name}.log", "ab")
-            cwd = ROOT / "include" if cmd[1:3] == ["-m", f"sandbox.{name.replace('-', '_')}"] else ROOT  # -m finds it there
-            self.procs[name] = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                                start_new_session=True, preexec_fn=die_with_parent(signal.SIGTERM))
-            self.watchdog.stdin.write(f"{self.procs[name].pid}\n")
-            self.watchdog.stdin.flush()
-        print(f"panelflow: started {', '.join(f'{n} ({p.pid})' for n, p in self.procs.items())}; "
-              f"logs in {logs}", flush=True)
+    def _relay(self, stream) -> None:
+        """The preparation's output to ours; its READY line lets the components start."""
+        for line in stream:
+            print(line, end="", flush=True)
+            if line.startswith(READY):
+                self.metadata_ready.set()
 
-    def wait_healthy(self, timeout: float = 180) -> bool:
+    def step(self, env: dict[str, str]) -> None:
+        """One turn of the start-up and supervision loop: start what has become startable."""
+        self.sup.poll()
+        if self.metadata_ready.is_set() and "scheduler" not in self.sup.children:
+            self._add(("scheduler", "triggerer", "api-server"), env)
+        if self.preparing is not None and self.preparing.poll() is not None:
+            if self.preparing.returncode != 0:
+                raise RuntimeError(f"preparing the databases failed ({describe_exit(self.preparing.returncode)}); "
+                                   "see the lines above")
+            self.preparing = None
+            self.metadata_ready.set()
+            if "scheduler" not in self.sup.children:
+                self._add(("scheduler", "triggerer", "api-server"), env)
+            self._add(("dag-processor",), env)  # it parses the DAGs, whose steps need the panel DB ready
+
+    def healthy(self) -> bool:
         url = f"http://127.0.0.1:{self.api_port}/api/v2/monitor/health"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not self.stopping:
-            self.check_children()
-            try:
-                with urllib.request.urlopen(url, timeout=2) as r:
-                    health = json.load(r)
-                if health.get("scheduler", {}).get("status") == "healthy":
-                    return True
-            except OSError:
-                pass
-            time.sleep(1)
-        return False
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return json.load(r).get("scheduler", {}).get("status") == "healthy"
+        except (OSError, ValueError):
+            return False
 
-    def check_children(self) -> None:
-        for name, p in self.procs.items():
-            if p.poll() is not None:
-                raise RuntimeError(f"{name} exited with {p.returncode}; see {self.home / 'logs' / (name + '.log')}")
+    def dags_loaded(self, env: dict[str, str]) -> bool:
+        """The dag-processor's first parse is visible in the API (the threads, or the file's
+        import error): what the UI shows. ``airflow dags reserialize`` used to do this parse
+        beforehand, at the cost of one more process importing Airflow."""
+        base = f"http://127.0.0.1:{self.api_port}"
+
+        def call(path: str, body=None, token=None):
+            req = urllib.request.Request(base + path, data=json.dumps(body).encode() if body else None,
+                                         headers={"Content-Type": "application/json"})
+            if token:
+                req.add_header("Authorization", f"Bearer {token}")
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return json.load(r)
+
+        try:
+            token = call("/auth/token", {"username": "admin", "password": self._secrets()["admin_password"]})
+            token = token["access_token"]
+            return bool(call("/api/v2/dags?limit=1", token=token)["total_entries"]
+                        or call("/api/v2/importErrors?limit=1", token=token)["total_entries"])
+        except (OSError, ValueError, KeyError):
+            return False
+
+    def wait_up(self, env: dict[str, str], timeout: float = 300) -> bool:
+        born = psutil.Process().create_time()
+        deadline = time.monotonic() + timeout
+        healthy_after = None
+        while time.monotonic() < deadline and not self.stopping:
+            self.step(env)
+            if healthy_after is None and "dag-processor" in self.sup.children and self.healthy():
+                healthy_after = time.time() - born
+            if healthy_after is not None and self.dags_loaded(env):
+                print(f"panelflow: API healthy {healthy_after:.1f} s after start, DAGs stored after "
+                      f"{time.time() - born:.1f} s; logs in {self.home / 'logs'}", flush=True)
+                return True
+            time.sleep(0.5)
+        return False
 
     def stop(self) -> None:
         """Hand the stop to the watchdog — the same staged stop it does if this process dies —
-        and reap the children meanwhile, so a stopped group leader does not linger as a zombie."""
-        import psutil
-
+        then stop PostgreSQL and anything started under us that left its group."""
         self.stopping = True
         # everything started under us, seen now: a task's supervisor process may have left its
         # component's process group (and so the watchdog's reach); it must not outlive make run
         descendants = psutil.Process().children(recursive=True)
-        if self.watchdog is not None:
-            try:
-                self.watchdog.stdin.close()
-            except OSError:  # the watchdog is already gone
-                pass
-            while self.watchdog.poll() is None:
-                for p in self.procs.values():
-                    p.poll()
-                time.sleep(0.2)
-            self.watchdog = None
-        for p in self.procs.values():
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
-        self.procs.clear()
+        if self.sup is not None:
+            self.sup.close_watchdog(reap=lambda: self.preparing is not None and self.preparing.poll())
+            for child in self.sup.children.values():
+                if child.proc is not None and child.own_group:
+                    try:
+                        child.proc.wait(5)
+                    except subprocess.TimeoutExpired:
+                        pass
         if self.pg is not None:
             self.pg.stop()
-            self.pg = None
         descendants += psutil.Process().children(recursive=True)
         _, alive = psutil.wait_procs(descendants, timeout=10)
         for p in alive:
@@ -259,41 +314,6 @@ class Supervisor:
             except psutil.NoSuchProcess:
                 pass
         psutil.wait_procs(alive, timeout=5)
-
-
-# Outlives the supervisor in a session of its own. The supervisor writes each component's
-# process group to its stdin; when that pipe closes — Supervisor.stop, or the supervisor killed
-# outright — it stops those groups in stages: SIGTERM, SIGTERM again (the scheduler's "signal
-# again if you don't want to wait" for its LocalExecutor workers), then SIGKILL what is left.
-_WATCHDOG = """
-import os, signal, sys, time
-groups = [int(line) for line in sys.stdin if line.strip()]
-def alive(g, send=os.killpg):
-    try:
-        send(g, 0)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
-for sig, grace in ((signal.SIGTERM, 10), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-    live = [g for g in groups if alive(g)]
-    if not live:
-        break
-    for g in live:
-        try:
-            os.killpg(g, sig)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(alive(g) for g in live):
-        if not any(alive(g, os.kill) for g in live):  # the leaders are gone: sweep what they left
-            for g in live:
-                try:
-                    os.killpg(g, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            break
-        time.sleep(0.2)
-"""
 
 
 def main() -> int:
@@ -307,9 +327,8 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        env = sup.prepare()
-        sup.start(env)
-        if not sup.wait_healthy():
+        env = sup.begin()
+        if not sup.wait_up(env):
             if sup.stopping:
                 return 0
             print("panelflow: Airflow did not become healthy; see the logs", file=sys.stderr)
@@ -321,13 +340,13 @@ def main() -> int:
             flush=True,
         )
         while True:
-            sup.check_children()
-            time.sleep(1)
+            sup.step(env)
+            time.sleep(0.5)
     except KeyboardInterrupt:
         print("\npanelflow: stopping …", flush=True)
         return 0
-    except (RuntimeError, subprocess.CalledProcessError) as exc:
-        print(f"panelflow: {exc}", file=sys.stderr)
+    except (RuntimeError, subprocess.CalledProcessError) as exc:  # CrashLoop included
+        print(f"panelflow: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -121,6 +121,10 @@ class EmbeddedPostgres:
 
     def start(self, timeout: float = 30) -> "EmbeddedPostgres":
         self.init()
+        if self.user:  # again at every (re)start: a pytest session elsewhere re-closes /tmp/pytest-of-root
+            from pgserver.utils import ensure_prefix_permissions
+
+            ensure_prefix_permissions(self.datadir)
         self._stop_stale()
         args = [_bin("postgres"), "-D", str(self.datadir), "-h", "127.0.0.1", "-p", str(self.port),
                 "-k", str(self.datadir), "-c", "max_connections=200"]

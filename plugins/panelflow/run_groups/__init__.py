@@ -5,7 +5,8 @@ simultaneously and will put one of the services in queue." A run group is also a
 but a pool only bounds *tasks*: the tasks of two threads' runs would still interleave. So every
 DAG of a thread with run groups is wrapped (``operators.guard_run``, called by the factory):
 
-    [wait_for_pending_work] → run_group_guard → the thread's steps → run_group_release (teardown)
+    [wait_for_pending_work] → run_group_guard (setup, in the triggerer) → the thread's steps
+    DAG on_success_callback / on_failure_callback → release (in the dag-processor)
 
 **Acquiring.** ``run_group_guard`` (:class:`RunGroupGuardOperator`) takes a *lease* on every group
 of its thread at once, in the panel DB (task code cannot use Airflow's metadata DB in Airflow 3):
@@ -13,26 +14,31 @@ one ``run_group_leases`` row per group naming the holding DAG run. All or nothin
 transaction serialised by one transaction-scoped advisory lock — so two threads with overlapping
 multi-group sets (the dining philosophers: A {a, b}, B {b, c}, C {c, a}) can never each hold part
 of what the other needs, and no lock order has to be agreed on. If a group is held, the run is
-**in queue**: the guard defers to :class:`~panelflow.run_groups.trigger.RunGroupLeaseTrigger`, which waits in
-the triggerer (no worker slot, no pool slot: the guard is in ``default_pool``, whose deferred
-tasks take no slot) and retries on every release (``NOTIFY``) and at least every ``poll_seconds``.
-Once it holds the groups the trigger ends the guard itself (``TaskSuccessEvent``) instead of
-resuming it in a worker: a second or two sooner, and clear of an Airflow 3.3 race in which the
-deferral's late executor event fails a task already re-queued under the same try number.
+**in queue**: :class:`~panelflow.run_groups.trigger.RunGroupLeaseTrigger` waits in the triggerer
+(no worker slot, no pool slot: the guard is in ``default_pool``, whose deferred tasks take no
+slot) and retries on every release (``NOTIFY``) and at least every ``poll_seconds``. The guard is
+``start_from_trigger``: the scheduler hands it to the triggerer directly (the run's ids reach the
+trigger as template fields rendered there), the first try happens there, and once it holds the
+groups the trigger ends the guard itself (``TaskSuccessEvent``). The guard never has a task
+process, whether its run waits or not: a task process costs a worker slot and 1–3 s of start-up
+on 2 cores. (It also keeps clear of an Airflow 3.3 race in which a deferral's late executor
+event fails a task already re-queued under the same try number.)
 
 **Fairness.** A waiting run is a ``run_group_waiters`` row with a ``position``. A run that holds
 nothing may not acquire while an earlier live waiter wants an intersecting group, even if its
 own groups are free: first come, first served, so a run needing two groups is not starved by a
 stream of runs each needing one of them.
 
-**Releasing.** ``run_group_release`` (:class:`ReleaseRunGroupsOperator`) is the guard's Airflow
-*teardown*: it runs when the steps are done whatever their outcome (succeeded, failed, skipped), its
-own state does not decide the run's, and clearing a step in the UI clears guard and release with
-it (the rerun queues again). It deletes the run's leases and waiter row and notifies the waiters;
-the next run in queue starts its first step 1–3 s after the release ended (median; up to 11 s on
-a busy machine), measured on 2 cores. A run marked failed from the UI/REST API still gets its
-release (Airflow fails the running step and runs the teardown): its partner held the groups
-2.1–2.8 s later.
+**Releasing.** The run's groups go back when Airflow ends the run, whatever the steps' outcome:
+the DAG's ``on_success_callback``/``on_failure_callback`` (:class:`ReleaseRunGroups`) delete the
+run's leases and waiter row and notify the waiters. Airflow 3 runs DAG callbacks in the
+dag-processor, so the release has no task process either; the dag-processor needs the
+``panel_db`` connection (``AIRFLOW_CONN_PANEL_DB``). The callback comes some seconds after the
+run's end; a partner waiting in queue does not wait for it: its trigger asks Airflow for the
+holder's run at every poll and clears the leases of an ended run itself (see *Crashes*). A run
+cleared and re-running before a late callback keeps what it took again (the callback releases
+only what was taken by the run's end). The guard is a setup task without a teardown, so
+clearing a step in the UI clears the guard with it: the rerun queues for its groups again.
 
 **Crashes.** A lease the release never removed — the release skipped or failed for good (the
 panel DB unreachable just then), a run Airflow stopped running some other way — must not block
@@ -43,8 +49,11 @@ credentials, no metadata DB access); a holder whose run is no longer ``queued``/
 was deleted) is stale and its rows are removed. Bound: ``poll_seconds`` (2 s) plus one question
 through the triggerer's supervisor after Airflow has ended the holder's run — 2.4–7.8 s from the
 run's end to the partner holding the groups, measured on 2 cores (tests/run_groups/test_run_group_exclusion.py).
-A killed task process is failed by its supervisor within seconds and the release (a teardown)
-still runs: the partner held the groups 2–8 s after the kill. A dead supervisor is failed by the
+A killed task process is failed by its supervisor within seconds, the run ends, and the partner
+clears the ended run's leases at its next poll (or the release callback does): 1.8 s from the
+kill to the partner holding the groups, measured on 2 cores. The first such question a triggerer
+process asks builds Airflow's in-process execution API in the triggerer's supervisor, once per
+process: 30 s were seen on a machine at load 18, during which that triggerer's events wait. A dead supervisor is failed by the
 scheduler after ``[scheduler] task_instance_heartbeat_timeout`` (120 s in ``airflow.cfg.template``).
 A run whose killed task still has retries left is still running and keeps its lease, on purpose:
 the retry is part of the run and must not meet its partner.
@@ -64,5 +73,5 @@ step's business clock (that stays the run's data interval).
 """
 
 
-# leases.py: the lease SQL (try_acquire, release, renew) and run states; trigger.py: the wait in the
-# triggerer; operators.py: the guard, its teardown, the heartbeat callback and the DAG wiring.
+# leases.py: the lease SQL (try_acquire, release, renew) and run states; trigger.py: the guard's work in
+# the triggerer; operators.py: the guard, the release and heartbeat callbacks and the DAG wiring.

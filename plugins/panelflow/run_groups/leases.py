@@ -9,7 +9,6 @@ from datetime import datetime, timedelta
 from typing import NamedTuple
 
 GUARD_TASK_ID = "run_group_guard"
-RELEASE_TASK_ID = "run_group_release"
 CHANNEL = "panelflow_run_group_leases"   # NOTIFY channel: a lease was released or cleared
 ALIVE = frozenset({"queued", "running"})  # DAG-run states that still own their leases
 WAITER_TTL = timedelta(seconds=60)
@@ -137,12 +136,18 @@ def try_acquire(conn, dag_id: str, run_id: str, run_groups: Iterable[str], *, le
     return Attempt(True, (), cleared, queued_at)
 
 
-def release(conn, dag_id: str, run_id: str) -> int:
-    """Give back every group the run holds and leave the queue; wakes the waiting triggers."""
+def release(conn, dag_id: str, run_id: str, taken_by: datetime | None = None) -> int:
+    """Give back every group the run holds and leave the queue; wakes the waiting triggers.
+
+    ``taken_by``: only what the run took (or queued for) by then — the run's end, when the
+    release comes after it: a run cleared and re-running meanwhile keeps what it took again.
+    """
+    args = {"dag": dag_id, "run": run_id, "by": taken_by}
     with conn.transaction():
-        released = conn.execute("DELETE FROM run_group_leases WHERE dag_id = %s AND run_id = %s",
-                                (dag_id, run_id)).rowcount
-        conn.execute("DELETE FROM run_group_waiters WHERE dag_id = %s AND run_id = %s", (dag_id, run_id))
+        released = conn.execute("DELETE FROM run_group_leases WHERE dag_id = %(dag)s AND run_id = %(run)s"
+                                " AND (%(by)s::timestamptz IS NULL OR acquired_at <= %(by)s)", args).rowcount
+        conn.execute("DELETE FROM run_group_waiters WHERE dag_id = %(dag)s AND run_id = %(run)s"
+                     " AND (%(by)s::timestamptz IS NULL OR queued_at <= %(by)s)", args)
         conn.execute("SELECT pg_notify(%s, 'released')", (CHANNEL,))
     return released
 
