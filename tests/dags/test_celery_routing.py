@@ -67,8 +67,9 @@ def celery_cluster(postgres, migrated_panel_db):
                                   "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.5"})
     try:
         started = time.monotonic()
-        # no triggerer: these threads never wait (their run groups are their own)
-        cluster.start(components=("scheduler", "api-server"), dag_ids=("remoting_probe_work", "master_probe_work"))
+        # the triggerer runs each thread's run-group guard (it starts there, never on a worker)
+        cluster.start(components=("scheduler", "triggerer", "api-server"),
+                      dag_ids=("remoting_probe_work", "master_probe_work"))
         queues = compose_worker_queues()
         for node in ("master", "remoting"):  # as docker-compose.yaml runs them, one per node
             cluster.spawn(f"worker-{node}", [sys.executable, "-m", "airflow", "celery", "worker", "--queues",
