@@ -22,8 +22,9 @@ from panelflow.dev.postgres import free_port
 
 from harness.make_run import Api, launch, start, stop
 
-# "restarted and the API healthy again": ~10-25 s on a quiet 2-core machine (printed below); the
-# bound leaves room for a CPU shared with other test processes (an API server start is CPU-bound)
+# "restarted and the API healthy again": 7-13 s on a quiet 2-core machine (printed below; the
+# issue asks for 30 s); the bound leaves room for a CPU shared with other test processes, such as
+# the second Airflow stack make test runs beside this one (an API server start is CPU-bound)
 RECOVERY = 90
 KILLED = ["scheduler", "dag-processor", "triggerer", "api-server", "smtp-sink", "payment-gateway", "registrar",
           "microsoft", "postgres"]
@@ -136,6 +137,8 @@ def test_a_crash_loop_stops_the_stack_with_the_reason(tmp_path):
     reader.join(10)
     out = "".join(lines)
     assert "panelflow: smtp-sink crash loop: 5 exits within 120 s (last: exit code 1); stopping everything" in out
-    assert out.count("panelflow: smtp-sink restarted") == 4 and "panelflow is up" not in out
+    # the rest of the stack may well have come up meanwhile (1 + 2 + 4 + 8 s of back-off): the
+    # crash loop stops it all the same
+    assert out.count("panelflow: smtp-sink restarted") == 4
     gone, alive = psutil.wait_procs(family, timeout=30)
     assert alive == []
