@@ -210,13 +210,11 @@ def _stop_tree(roots: list[subprocess.Popen], first=signal.SIGTERM, grace: float
     while time.monotonic() < deadline and any(p.poll() is None for p in roots):
         time.sleep(0.3)
     family += list(_tree([p.pid for p in roots]).values())
-    _, alive = psutil.wait_procs(family, timeout=10)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=5)
+    if str(ROOT / "plugins") not in sys.path:
+        sys.path.insert(0, str(ROOT / "plugins"))
+    from panelflow.dev.supervise import kill_leftovers  # make run's own last sweep
+
+    kill_leftovers(family)
     for p in roots:
         try:
             p.wait(5)

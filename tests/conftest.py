@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import ROOT
+from harness import ROOT, require_binary
 sys.path.insert(0, str(ROOT / "plugins"))
 
 _TMP = Path(tempfile.mkdtemp(prefix="panelflow-tests-"))
@@ -177,15 +177,6 @@ def smtp_server(monkeypatch):
     controller.stop()
 
 
-def _require(binary: str) -> str:
-    path = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/sbin")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{binary} is not installed (make test installs it)")
-        pytest.skip(f"{binary} is not installed")
-    return path
-
-
 @pytest.fixture
 def dnsmasq(tmp_path, monkeypatch):
     """A real DNS server on 127.0.0.1 answering for example.test, wired as ``dns_resolver``.
@@ -196,7 +187,7 @@ def dnsmasq(tmp_path, monkeypatch):
     import subprocess
     import time
 
-    binary = _require("dnsmasq")
+    binary = require_binary("dnsmasq")
     procs = []
 
     def start(txt: dict[str, str]):

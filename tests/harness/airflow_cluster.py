@@ -28,22 +28,13 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-import pytest
+from panelflow.dev.supervise import kill_leftovers
 
 from harness import ROOT
+
 TESTS = ROOT / "tests"
 COMPONENTS = ("scheduler", "dag-processor", "triggerer", "api-server")
 _TEMPLATE_DB = "airflow_cluster_template"
-
-
-def require_binary(name: str) -> str:
-    """A system binary the test starts; under CI=true a missing one fails the test, never skips it."""
-    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} is not installed (make test installs it: make system-deps)")
-        pytest.skip(f"{name} is not installed (make system-deps)")
-    return path
 
 
 def worker_hostname() -> str:
@@ -279,12 +270,7 @@ class AirflowCluster:
                 os.killpg(p.pid, signal.SIGKILL)  # anything its leader left in the group
             except ProcessLookupError:
                 pass
-        _, alive = psutil.wait_procs(family, timeout=5)
-        for p in alive:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
+        kill_leftovers(family, grace=5)
         self.procs.clear()
 
 

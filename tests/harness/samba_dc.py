@@ -48,6 +48,8 @@ from pathlib import Path
 
 import pytest
 
+from harness import require_binary
+
 REALM = "TEST.LOCAL"
 DOMAIN = "TEST"
 BASE_DN = "DC=test,DC=local"
@@ -66,16 +68,6 @@ DEFAULT_POLICY = {"max_password_age_days": 42, "lockout_threshold": 0, "lockout_
                   "reset_lockout_minutes": 30}
 
 TICKS_PER_SECOND = 10_000_000
-
-
-def _require(binary: str) -> str:
-    """Like tests/conftest.py's: a missing server skips, but fails under CI=true."""
-    path = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/sbin")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{binary} is not installed (make test installs it)")
-        pytest.skip(f"{binary} is not installed")
-    return path
 
 
 def _die_with_parent() -> None:
@@ -462,8 +454,8 @@ def shared_dc() -> SambaDC:
 @pytest.fixture(scope="session")
 def samba_dc():
     """A started Samba AD DC (:class:`SambaDC`), one per test session."""
-    _require("samba")
-    _require("samba-tool")
+    require_binary("samba")
+    require_binary("samba-tool")
     if os.geteuid() != 0:
         if os.environ.get("CI") == "true":
             pytest.fail("Samba as a domain controller must run as root")

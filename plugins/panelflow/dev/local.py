@@ -42,7 +42,7 @@ import psutil
 from panelflow.config import ROOT, render
 from panelflow.dev.postgres import die_with_parent
 from panelflow.dev.prepare import READY
-from panelflow.dev.supervise import Supervision, describe_exit
+from panelflow.dev.supervise import Supervision, describe_exit, kill_leftovers
 
 SERVERS = ("smtp-sink", "payment-gateway", "registrar", "microsoft")  # need nothing: started first
 COMPONENTS = {
@@ -307,13 +307,7 @@ class Supervisor:
         if self.pg is not None:
             self.pg.stop()
         descendants += psutil.Process().children(recursive=True)
-        _, alive = psutil.wait_procs(descendants, timeout=10)
-        for p in alive:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(alive, timeout=5)
+        kill_leftovers(descendants)
 
 
 def main() -> int:

@@ -35,6 +35,20 @@ class CrashLoop(RuntimeError):
     pass
 
 
+def kill_leftovers(processes, grace: float = 10.0) -> None:
+    """Wait up to ``grace`` seconds for ``processes`` (psutil) to end, then SIGKILL whichever has
+    not: nothing a stop leaves behind may outlive it (make run, the test clusters, the benches)."""
+    import psutil
+
+    _, alive = psutil.wait_procs(list(processes), timeout=grace)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+
+
 def describe_exit(returncode: int) -> str:
     if returncode < 0:
         try:
