@@ -22,8 +22,8 @@ run: $(VENV)/.installed
 ## samba is the Active Directory domain controller of the AD tests (under CI=true a missing one fails them);
 ## chromium is the headless browser of the Threads Manager page tests (Playwright drives Debian's chromium)
 ## redis-server is the Celery broker of the queue-routing test (tests/dags/test_celery_routing.py)
-SYSTEM_BINARIES := dnsmasq dovecot samba samba-tool chromium redis-server
-SYSTEM_PACKAGES := dnsmasq-base dovecot-pop3d samba samba-dsdb-modules samba-vfs-modules chromium redis-server
+SYSTEM_BINARIES := dnsmasq dovecot samba samba-tool chromium redis-server kamailio sipp mariadbd mariadb-install-db sshd smbd smbpasswd
+SYSTEM_PACKAGES := dnsmasq-base dovecot-pop3d samba samba-dsdb-modules samba-vfs-modules chromium redis-server kamailio kamailio-postgres-modules sip-tester mariadb-server mariadb-client openssh-server smbclient
 system-deps:
 	@missing=""; for b in $(SYSTEM_BINARIES); do command -v $$b >/dev/null 2>&1 || test -x /usr/sbin/$$b || test -x /usr/bin/$$b || missing="$$missing $$b"; done; \
 	if [ -n "$$missing" ]; then \
