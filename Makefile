@@ -21,11 +21,14 @@ run: $(VENV)/.installed
 ## servers the tests start on 127.0.0.1 that no wheel brings (PostgreSQL and SMTP come from the lock);
 ## samba is the Active Directory domain controller of the AD tests (under CI=true a missing one fails them);
 ## chromium is the headless browser of the Threads Manager page tests (Playwright drives Debian's chromium)
-## redis-server is the Celery broker of the queue-routing test (tests/dags/test_celery_routing.py)
+## redis-server is the Celery broker of the queue-routing test (tests/dags/test_celery_routing.py);
+## kamailio (with its PostgreSQL module) and sipp are the SIP platform and the calls of the voice tests;
+## mariadbd, sshd (internal-sftp) and smbd the hosting tests' database, backup/peer and log-share servers
 SYSTEM_BINARIES := dnsmasq dovecot samba samba-tool chromium redis-server kamailio sipp mariadbd mariadb-install-db sshd smbd smbpasswd
 SYSTEM_PACKAGES := dnsmasq-base dovecot-pop3d samba samba-dsdb-modules samba-vfs-modules chromium redis-server kamailio kamailio-postgres-modules sip-tester mariadb-server mariadb-client openssh-server smbclient
 system-deps:
 	@missing=""; for b in $(SYSTEM_BINARIES); do command -v $$b >/dev/null 2>&1 || test -x /usr/sbin/$$b || test -x /usr/bin/$$b || missing="$$missing $$b"; done; \
+	ls /usr/lib/*/kamailio/modules/db_postgres.so >/dev/null 2>&1 || missing="$$missing kamailio-postgres-modules"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES); \
 	  else echo "missing:$$missing — install: sudo apt-get install $(SYSTEM_PACKAGES)"; exit 1; fi; fi

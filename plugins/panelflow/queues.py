@@ -13,7 +13,7 @@ from typing import NamedTuple
 class PanelQueue(NamedTuple):
     table: str
     key_column: str
-    key: str
+    keys: tuple[str, ...]   # a row whose key_column is any of these wakes the daemon
     status_column: str = "status"
     pending: str = "pending"
 
@@ -21,8 +21,10 @@ class PanelQueue(NamedTuple):
 _GROUP_ACTION_BACKENDS = (
     "general", "sip", "sp", "crm", "lync", "ad", "exchange", "vps", "o365", "mailbox_permissions",
 )
+# GroupActionWorkGeneral also works the Hostmatic database-login jobs GroupActionWorkAD queues
+_ALSO_WAKES = {"general": ("hostmatic",)}
 
 QUEUES: dict[str, PanelQueue] = {
-    f"group_actions.{backend}": PanelQueue("group_action_jobs", "backend", backend)
+    f"group_actions.{backend}": PanelQueue("group_action_jobs", "backend", (backend, *_ALSO_WAKES.get(backend, ())))
     for backend in _GROUP_ACTION_BACKENDS
 }

@@ -201,3 +201,30 @@ def for_each(
             f"every {label} failed ({tried}): " + "; ".join(f"{w}: {e}" for w, e in outcome.errors.items()))
         raise everything_failed(text)
     return outcome
+
+
+class PartsFailed(RuntimeError):
+    """A step made of independent parts had at least one fail; the others ran to the end first."""
+
+
+def run_parts(parts: Iterable[tuple[str, Callable[[], dict]]], *, what: str, log: Any = None) -> dict:
+    """Run a step's independent parts (each on its own backend), all of them whatever one does.
+
+    One step of the seed sometimes covers two backends (O365 and VPS threshold alerts; SIP and Lync
+    call records): a failing half must not starve the other, yet the task must fail so Airflow
+    retries it and alerts. Each part's summary is kept under its name (a failed one as its error);
+    then :class:`PartsFailed` names every part that failed.
+    """
+    summary: dict = {}
+    failures = []
+    for name, run in parts:
+        try:
+            summary[name] = run()
+        except Exception as exc:  # noqa: BLE001 - the other parts still run; raised below
+            failures.append(f"{name}: {type(exc).__name__}: {first_line(exc)}")
+            summary[name] = {"error": first_line(exc, 500)}
+            if log is not None:
+                log.exception("%s %s failed", name, what)
+    if failures:
+        raise PartsFailed(f"{what} failed — " + "; ".join(failures))
+    return summary

@@ -36,7 +36,7 @@ class PanelQueueTrigger(BaseTrigger):
         from panelflow.queues import QUEUES
 
         q = QUEUES[self.queue]
-        query = sql.SQL("SELECT count(*) FROM {} WHERE {} = %s AND {} = %s").format(
+        query = sql.SQL("SELECT count(*) FROM {} WHERE {} = ANY(%s) AND {} = %s").format(
             sql.Identifier(q.table), sql.Identifier(q.key_column), sql.Identifier(q.status_column)
         )
         from asgiref.sync import sync_to_async
@@ -44,7 +44,7 @@ class PanelQueueTrigger(BaseTrigger):
         conninfo = await sync_to_async(conninfo_for)(self.conn_id)
         async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
             while True:
-                cur = await conn.execute(query, (q.key, q.pending))
+                cur = await conn.execute(query, (list(q.keys), q.pending))
                 (pending,) = await cur.fetchone()
                 if pending:
                     yield TriggerEvent({"queue": self.queue, "pending": pending})

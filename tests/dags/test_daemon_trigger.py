@@ -32,3 +32,16 @@ def test_fires_only_for_pending_work_of_its_queue(panel_db, sql):
 
     event = asyncio.run(scenario())
     assert event.payload == {"queue": "group_actions.sip", "pending": 1}
+
+
+def test_general_queue_also_wakes_on_hostmatic_jobs(panel_db, sql):
+    # GroupActionWorkAD queues Hostmatic database-login jobs that GroupActionWorkGeneral works
+    sql("INSERT INTO group_action_jobs (backend, action, priority) VALUES ('hostmatic', 'delete_database_user', 0)")
+
+    async def scenario():
+        gen = PanelQueueTrigger("group_actions.general", poll_seconds=0.1).run()
+        event = await asyncio.wait_for(gen.__anext__(), timeout=10)
+        await gen.aclose()
+        return event
+
+    assert asyncio.run(scenario()).payload == {"queue": "group_actions.general", "pending": 1}

@@ -60,7 +60,7 @@ from zoneinfo import ZoneInfo
 from psycopg import errors
 from psycopg.types.json import Jsonb
 
-from panelflow.step import StepReport
+from panelflow.step import StepReport, run_parts
 from panelflow.services.outbox import enqueue
 from panelflow.services.retention import BOOKKEEPING_DAYS
 
@@ -555,17 +555,6 @@ def generate_threshold_alerts(panel_db, interval, params, log) -> dict:
     from panelflow.steps.hyperv.thresholds import generate_vps_threshold_alerts
     from panelflow.steps.microsoft365.licence_alerts import generate_threshold_alerts as licence_threshold_alerts
 
-    summary: dict = {}
-    failures = []
-    for name, run in (("o365_csp", lambda: licence_threshold_alerts(panel_db, interval, log)),
-                      ("vps", lambda: generate_vps_threshold_alerts(panel_db, interval, params, log))):
-        try:
-            summary[name] = run()
-        except Exception as exc:  # noqa: BLE001 - the other half still runs; re-raised below
-            failures.append(f"{name}: {type(exc).__name__}: {exc}")
-            summary[name] = {"error": str(exc)[:500]}
-            if log is not None:
-                log.exception("%s threshold alerts failed", name)
-    if failures:
-        raise RuntimeError("threshold alerts failed — " + "; ".join(failures))
-    return summary
+    return run_parts((("o365_csp", lambda: licence_threshold_alerts(panel_db, interval, log)),
+                      ("vps", lambda: generate_vps_threshold_alerts(panel_db, interval, params, log))),
+                     what="threshold alerts", log=log)
