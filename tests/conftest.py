@@ -223,9 +223,10 @@ def dnsmasq(tmp_path, monkeypatch):
 
 @pytest.fixture
 def payment_gateway(monkeypatch):
-    """The sandbox card gateway (include/sandbox/payment_gateway.py) on 127.0.0.1, wired as
-    ``payment_gateway``; ``.connection(**changes)`` is that connection's JSON with changes
-    (another timeout, a wrong key) for a hook or a child process."""
+    """The Stripe sandbox (include/sandbox/payment_gateway.py) on 127.0.0.1, wired as the
+    ``payment_gateway`` connection (the hook's 1 s timeout is shorter than the 3 s an
+    ``answer_lost`` charge's answer is held); ``.connection(**changes)`` is that connection's JSON
+    with changes (another timeout, a wrong key) for a hook or a child process."""
     import json
 
     from panelflow.dev.postgres import free_port

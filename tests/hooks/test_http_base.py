@@ -1,8 +1,8 @@
 """The REST hooks' shared HTTP base (panelflow/hooks/_http.py), against the loopback sandboxes.
 
-Pinned here because four hooks lean on it: the connection is read once per hook, ``Retry-After`` is
-what the hook waits (capped by ``max_retry_wait``), each hook keeps its own retry policy — and the
-payment gateway sends a charge exactly once, whatever happens, since only the caller may resend it.
+Pinned here because the REST hooks lean on it: the connection is read once per hook, ``Retry-After``
+is what the hook waits (capped by ``max_retry_wait``), each hook keeps its own retry policy. (The
+payment gateway speaks Stripe through Stripe's own library now: tests/hooks/test_payment_gateway.py.)
 Real HTTP on 127.0.0.1; nothing of the HTTP layer is mocked.
 """
 
@@ -52,8 +52,7 @@ def connection_reads(monkeypatch):
     return reads
 
 
-def test_settings_are_read_once_per_hook(registrar, payment_gateway, connection_reads):
-    from panelflow.hooks.payment_gateway import ChargeApproved, PaymentGatewayHook
+def test_settings_are_read_once_per_hook(registrar, connection_reads):
     from panelflow.hooks.registrar import RegistrarHook
 
     with RegistrarHook(registrar.connect()) as hook:
@@ -63,13 +62,6 @@ def test_settings_are_read_once_per_hook(registrar, payment_gateway, connection_
     assert connection_reads == ["registrar_http_base"]
     assert (settings.base_url, settings.timeout, settings.retries, settings.backoff, settings.max_retry_wait) == (
         f"http://127.0.0.1:{registrar.port}", 2.0, 3, 0.01, 5.0)
-
-    connection_reads.clear()
-    with PaymentGatewayHook() as gateway:
-        for n in range(3):
-            assert isinstance(gateway.charge("tok_visa", 100, "GBP", f"once:{n}", "test"), ChargeApproved)
-        assert (gateway.settings.timeout, gateway.settings.retries) == (1.0, 1)
-    assert connection_reads == ["payment_gateway"]
 
 
 def test_defaults_when_the_connection_says_nothing(registrar, monkeypatch):
@@ -107,18 +99,3 @@ def test_retry_after_is_waited_and_capped(registrar):
             hook.get_domain("d2.example.test")
     assert sleeps == [0.5, 0.5]                                  # capped; no wait after the last attempt
 
-
-def test_the_gateway_never_retries_a_charge(payment_gateway):
-    from panelflow.hooks.payment_gateway import GatewayUnavailable, PaymentGatewayHook
-
-    with PaymentGatewayHook() as gateway:
-        with pytest.raises(GatewayUnavailable, match=r"^charge k-down: HTTP 503 service_unavailable"):
-            gateway.charge("tok_unavailable", 100, "GBP", "k-down", "test")
-        with pytest.raises(GatewayUnavailable, match=r"^charge k-slow: no answer in time \(ReadTimeout\)$") as lost:
-            gateway.charge("tok_timeout", 100, "GBP", "k-slow", "test")
-        assert type(lost.value.__cause__).__name__ == "ReadTimeout"   # the transport's own error, as before
-        with pytest.raises(TypeError, match="sends every request once"):
-            gateway._with_retries(lambda: None, GatewayUnavailable)
-    sent = [(r["idempotency_key"], r["status"]) for r in payment_gateway.requests]
-    assert sent == [("k-down", 503), ("k-slow", 201)]           # one request each: nothing resent by the hook
-    assert [c["idempotency_key"] for c in payment_gateway.charges] == ["k-slow"]   # charged, answer lost

@@ -1,7 +1,8 @@
-"""Payments against the sandbox gateway and the real panel DB: one charge per invoice, whatever fails.
+"""Payments against the Stripe sandbox and the real panel DB: one charge per invoice, whatever fails.
 
-The gateway's own list of charges is the judge: a test passes only when the card was charged
-exactly as often as the invoice says it was paid.
+The sandbox's own list of succeeded PaymentIntents is the judge: a test passes only when the card
+was charged exactly as often as the invoice says it was paid. Cards are Stripe's test
+PaymentMethods (include/sandbox/README.md), saved to a Customer as the panel's front end would.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -19,14 +19,7 @@ import pytest
 
 from panelflow.services.invoicing import invoice_number
 from panelflow.step import StepReport
-from panelflow.hooks.payment_gateway import (
-    ChargeApproved,
-    ChargeDeclined,
-    GatewayAuthenticationError,
-    GatewayUnavailable,
-    IdempotencyKeyConflict,
-    PaymentGatewayHook,
-)
+from panelflow.hooks.payment_gateway import GatewayAuthenticationError, PaymentGatewayHook
 from panelflow.services.payments import charge_due_invoices
 
 ROOT = str(__import__("harness").ROOT)
@@ -37,19 +30,31 @@ CLOCK = datetime(2026, 11, 22, 1, 30, tzinfo=timezone.utc)
 @pytest.fixture
 def billing(panel_db, sql, payment_gateway):
     """An empty panel DB with GBP and JPY and one provider; ``billing.customer(...)`` adds a
-    customer (with a default card unless ``token`` is None) and their open recurring invoice."""
+    customer (with a default card unless ``card`` is None) and their open recurring invoice.
+
+    ``card`` is a Stripe test PaymentMethod, saved to a new Stripe Customer (``.cards[name]`` is
+    ``(Customer, PaymentMethod)``). Stripe's declining test cards cannot be saved (attaching them
+    is declined), so ``saved=False`` charges the test id itself with the customer's Customer."""
     sql("INSERT INTO currencies (code, name, minor_units) VALUES ('GBP', 'Pound sterling', 2), ('JPY', 'Yen', 0)")
     sql("INSERT INTO providers (name, billing_email, currency) VALUES ('Provider', 'billing@provider.test', 'GBP')")
 
     class Billing:
-        def customer(self, name, token, *, email="", total="12.34", currency="GBP", day=DAY, kind="recurring"):
+        cards: dict[str, tuple[str, str]] = {}
+
+        def customer(self, name, card="pm_card_visa", *, saved=True, email="", total="12.34", currency="GBP", day=DAY,
+                     kind="recurring"):
             email = f"{name.lower()}@customer.test" if email == "" else email
             ((customer_id,),) = sql(
                 "INSERT INTO customers (provider_id, name, email, country, currency)"
                 " VALUES ((SELECT min(id) FROM providers), %s, %s, 'GB', %s) RETURNING id", (name, email, currency))
-            if token is not None:
-                sql("INSERT INTO payment_profiles (customer_id, gateway_token, card_brand, card_last4)"
-                    " VALUES (%s, %s, 'Visa', '4242')", (customer_id, token))
+            if card is not None:
+                if saved:
+                    stripe_customer, method = payment_gateway.saved_card(card, name=name)
+                else:
+                    stripe_customer, method = payment_gateway.create_customer({"name": name})["id"], card
+                self.cards[name] = (stripe_customer, method)
+                sql("INSERT INTO payment_profiles (customer_id, gateway_customer_id, gateway_token, card_brand,"
+                    " card_last4) VALUES (%s, %s, %s, 'Visa', '4242')", (customer_id, stripe_customer, method))
             number = invoice_number(kind, day, customer_id)
             sql("INSERT INTO invoices (invoice_number, customer_id, kind, billing_date, currency, subtotal, total,"
                 " due_date) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
@@ -84,17 +89,20 @@ def payments(sql, number):
 
 
 def test_due_invoices_are_charged_in_minor_units_and_marked_paid(billing, panel_db, sql, payment_gateway):
-    gbp = billing.customer("Ada", "tok_visa_ada", total="12.34")
-    jpy = billing.customer("Kenji", "tok_visa_kenji", total="1500", currency="JPY")
-    other_day = billing.customer("Later", "tok_visa_later", day=DAY + timedelta(days=1))
-    ocs = billing.customer("Caller", "tok_visa_caller", kind="ocs")
-    nothing_due = billing.customer("Zero", "tok_visa_zero", total="0")
+    gbp = billing.customer("Ada", total="12.34")
+    jpy = billing.customer("Kenji", "pm_card_mastercard", total="1500", currency="JPY")
+    other_day = billing.customer("Later", day=DAY + timedelta(days=1))
+    ocs = billing.customer("Caller", kind="ocs")
+    nothing_due = billing.customer("Zero", total="0")
 
     result, report = run(panel_db)
 
     assert result["charged"] == 2 and report.counts["charged"] == 2
     (charge,) = payment_gateway.charges_for(gbp)
-    assert (charge["amount"], charge["currency"], charge["source"]) == (1234, "GBP", "tok_visa_ada")
+    stripe_customer, method = billing.cards["Ada"]
+    assert (charge["amount"], charge["currency"], charge["customer"], charge["payment_method"], charge["status"]) \
+        == (1234, "gbp", stripe_customer, method, "succeeded")
+    assert charge["id"].startswith("pi_") and charge["metadata"]["invoice_number"] == gbp
     assert charge["idempotency_key"] == f"pay:{gbp}:1"
     assert [c["amount"] for c in payment_gateway.charges_for(jpy)] == [1500]  # JPY has no minor units
     ((amount, currency, charge_id, paid_on),) = payments(sql, gbp)
@@ -107,7 +115,7 @@ def test_due_invoices_are_charged_in_minor_units_and_marked_paid(billing, panel_
 
 
 def test_rerun_charges_nothing_new(billing, panel_db, sql, payment_gateway):
-    numbers = [billing.customer(name, f"tok_visa_{name}") for name in ("a", "b", "c")]
+    numbers = [billing.customer(name) for name in ("a", "b", "c")]
     run(panel_db, batch_size=2)
     charges_before = payment_gateway.charges
 
@@ -121,9 +129,9 @@ def test_rerun_charges_nothing_new(billing, panel_db, sql, payment_gateway):
 
 
 def test_decline_marks_the_invoice_and_queues_one_notice(billing, panel_db, sql, payment_gateway):
-    declined = billing.customer("Bob", "tok_decline")
-    no_email = billing.customer("Nomail", "tok_decline_expired_card", email=None)
-    paid = billing.customer("Carol", "tok_visa")
+    declined = billing.customer("Bob", "pm_card_visa_chargeDeclinedInsufficientFunds", saved=False)
+    no_email = billing.customer("Nomail", "pm_card_chargeDeclinedExpiredCard", saved=False, email=None)
+    paid = billing.customer("Carol")
 
     result, report = run(panel_db)
 
@@ -153,12 +161,16 @@ def test_decline_marks_the_invoice_and_queues_one_notice(billing, panel_db, sql,
 
 
 def test_reopened_declined_invoice_gets_the_next_attempt(billing, panel_db, sql, payment_gateway):
-    number = billing.customer("Bob", "tok_decline")
+    number = billing.customer("Bob", "pm_card_chargeCustomerFail")  # saved, then every charge is declined
     run(panel_db)
-    # the customer adds a working card; an operator reopens the invoice
+    assert attempts(sql, number)[0][6] == "generic_decline"
+    # the customer saves a working card to their Stripe Customer; an operator reopens the invoice
+    stripe_customer, _ = billing.cards["Bob"]
+    _, new_card = payment_gateway.saved_card("pm_card_visa", customer=stripe_customer)
     sql("UPDATE payment_profiles SET is_default = false")
-    sql("INSERT INTO payment_profiles (customer_id, gateway_token, card_last4)"
-        " SELECT customer_id, 'tok_visa_new', '1111' FROM invoices WHERE invoice_number = %s", (number,))
+    sql("INSERT INTO payment_profiles (customer_id, gateway_customer_id, gateway_token, card_last4)"
+        " SELECT customer_id, %s, %s, '4242' FROM invoices WHERE invoice_number = %s",
+        (stripe_customer, new_card, number))
     sql("UPDATE invoices SET status = 'open' WHERE invoice_number = %s", (number,))
 
     result, _ = run(panel_db)
@@ -167,12 +179,12 @@ def test_reopened_declined_invoice_gets_the_next_attempt(billing, panel_db, sql,
     assert [(a[0], a[1], a[2]) for a in attempts(sql, number)] == [(1, "declined", f"pay:{number}:1"),
                                                                    (2, "approved", f"pay:{number}:2")]
     (charge,) = payment_gateway.charges_for(number)
-    assert (charge["source"], charge["idempotency_key"]) == ("tok_visa_new", f"pay:{number}:2")
+    assert (charge["payment_method"], charge["idempotency_key"]) == (new_card, f"pay:{number}:2")
 
 
 def test_timeout_after_the_charge_is_resent_with_the_same_key(billing, panel_db, sql, payment_gateway):
-    """The gateway charges but its answer outlives the client's timeout: the resend must not charge."""
-    number = billing.customer("Slow", "tok_timeout")
+    """Stripe charges but its answer outlives the client's timeout: the resend must not charge."""
+    number = billing.customer("Slow", "pm_sandbox_answer_lost")
 
     result, report = run(panel_db)
 
@@ -180,6 +192,7 @@ def test_timeout_after_the_charge_is_resent_with_the_same_key(billing, panel_db,
     (charge,) = payment_gateway.charges_for(number)
     assert charge["amount"] == 1234
     sent = [r for r in payment_gateway.requests if r["idempotency_key"] == f"pay:{number}:1"]
+    assert [r["replayed"] for r in sent] == [False] + [True] * (len(sent) - 1)
     assert len(sent) >= 2 and sent[-1]["replayed"] is True
     ((attempt, status, key, requests, _, charge_id, _),) = attempts(sql, number)
     assert (attempt, status, charge_id) == (1, "approved", charge["id"]) and requests == len(sent) >= 2
@@ -188,8 +201,8 @@ def test_timeout_after_the_charge_is_resent_with_the_same_key(billing, panel_db,
 
 
 def test_unknown_outcome_stays_pending_and_is_resent_under_the_same_key(billing, panel_db, sql, payment_gateway):
-    down = billing.customer("Down", "tok_unavailable")
-    fine = billing.customer("Fine", "tok_visa")
+    down = billing.customer("Down", "pm_sandbox_unavailable")
+    fine = billing.customer("Fine")
 
     result, report = run(panel_db, in_run_retries=1)
 
@@ -206,21 +219,53 @@ def test_unknown_outcome_stays_pending_and_is_resent_under_the_same_key(billing,
 
     assert result["unresolved_invoices"] == [down]
     assert [(a[0], a[1], a[2], a[3]) for a in attempts(sql, down)] == [(1, "pending", key, 3)]
-    assert {r["idempotency_key"] for r in payment_gateway.requests if r["source"] == "tok_unavailable"} == {key}
+    down_card = billing.cards["Down"][1]
+    assert {r["idempotency_key"] for r in payment_gateway.requests if r["payment_method"] == down_card} == {key}
 
 
-def test_customer_without_payment_profile_is_reported_and_the_rest_charged(billing, panel_db, sql, payment_gateway):
-    first = billing.customer("First", "tok_visa_1")
-    cardless = billing.customer("Cardless", None)
-    last = billing.customer("Last", "tok_visa_3")
+def test_rate_limited_request_is_resent_in_the_run_under_the_same_key(billing, panel_db, sql, payment_gateway):
+    number = billing.customer("Busy")
+    payment_gateway.throttle(1)  # Stripe answers the first request 429: nothing executed
 
     result, report = run(panel_db)
 
-    assert (result["charged"], result["skipped"]) == (2, 1)
-    assert report.skipped == {"no payment profile": 1}
-    assert report.examples == [f"invoice {cardless}: no payment profile"]
-    assert report.as_dict()["skipped"] == {"no payment profile": 1}
-    assert invoice(sql, cardless) == ("open", None) and attempts(sql, cardless) == []
+    assert result["charged"] == 1 and report.counts["gateway_requests"] == 2
+    assert [(r["idempotency_key"], r["status"]) for r in payment_gateway.requests] == [
+        (f"pay:{number}:1", 429), (f"pay:{number}:1", 200)]
+    assert [(a[0], a[1], a[3]) for a in attempts(sql, number)] == [(1, "approved", 2)]
+    assert len(payment_gateway.charges_for(number)) == 1
+
+
+def test_request_stripe_refuses_is_recorded_and_the_invoice_stays_open(billing, panel_db, sql, payment_gateway):
+    number = billing.customer("Gone", "pm_card_visa")
+    sql("UPDATE payment_profiles SET gateway_token = 'pm_deleted_at_stripe'")
+
+    result, report = run(panel_db)
+
+    assert (result["charged"], result["unresolved"], result["skipped"]) == (0, 0, 1)
+    assert report.skipped == {"gateway refused the charge request (HTTP 400)": 1}
+    ((attempt, status, _, requests, _, charge_id, code),) = attempts(sql, number)
+    assert (attempt, status, requests, charge_id, code) == (1, "error", 1, None, "resource_missing")
+    assert invoice(sql, number) == ("open", None) and payment_gateway.charges == []
+
+
+def test_customer_without_payment_profile_is_reported_and_the_rest_charged(billing, panel_db, sql, payment_gateway):
+    first = billing.customer("First")
+    cardless = billing.customer("Cardless", None)
+    legacy = billing.customer("Legacy", None)
+    last = billing.customer("Last")
+    sql("INSERT INTO payment_profiles (customer_id, legacy_card_token) SELECT id, 'tok_visa_legacy' FROM customers"
+        " WHERE name = 'Legacy'")
+
+    result, report = run(panel_db)
+
+    assert (result["charged"], result["skipped"]) == (2, 2)
+    vault = "card not yet in Stripe's vault (ProvisioningWork 27 moves it)"
+    assert report.skipped == {"no payment profile": 1, vault: 1}
+    assert report.examples == [f"invoice {cardless}: no payment profile", f"invoice {legacy}: {vault}"]
+    assert report.as_dict()["skipped"] == {"no payment profile": 1, vault: 1}
+    for number in (cardless, legacy):
+        assert invoice(sql, number) == ("open", None) and attempts(sql, number) == []
     assert all(len(payment_gateway.charges_for(n)) == 1 and invoice(sql, n)[0] == "paid" for n in (first, last))
 
 
@@ -240,9 +285,9 @@ CHILD = textwrap.dedent("""
 
 
 def test_worker_killed_mid_request_then_retried_charges_once(billing, panel_db, sql, payment_gateway, tmp_path):
-    """kill -9 while the gateway holds the charge's answer: the card is charged, nothing recorded it."""
-    held = billing.customer("Held", "tok_hold")
-    queued = billing.customer("Queued", "tok_visa")
+    """kill -9 while Stripe still works on the charge: the card is charged, nothing recorded it."""
+    held = billing.customer("Held", "pm_sandbox_hold")
+    queued = billing.customer("Queued")
     env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "plugins"),
            "AIRFLOW_CONN_PANEL_DB": os.environ["AIRFLOW_CONN_PANEL_DB"],
            # the worker would wait far longer than the test lets it live
@@ -284,10 +329,10 @@ def _output(log) -> str:
 
 
 def test_wrong_api_key_is_a_clear_error_and_charges_nothing(billing, panel_db, sql, payment_gateway, monkeypatch):
-    number = billing.customer("Ada", "tok_visa")
+    number = billing.customer("Ada")
     monkeypatch.setenv("AIRFLOW_CONN_PAYMENT_GATEWAY", payment_gateway.connection(password="sk_test_wrong_key"))
 
-    with pytest.raises(GatewayAuthenticationError, match=r"refused the API key of connection 'payment_gateway'"
+    with pytest.raises(GatewayAuthenticationError, match=r"refused the secret key of connection 'payment_gateway'"
                                                          r" \(HTTP 401\)") as caught:
         run(panel_db)
 
@@ -309,59 +354,3 @@ def test_connection_inside_a_transaction_is_refused(billing, panel_db):
         with pytest.raises(RuntimeError, match="outside a transaction"):
             charge_due_invoices(conn, hook, first_day=DAY, end_day=DAY + timedelta(days=1), clock=CLOCK,
                                 report=StepReport())
-
-
-def test_gateway_idempotency_contract(payment_gateway, monkeypatch):
-    """The emulator behaves like the real thing where panelflow depends on it."""
-    import httpx
-
-    with PaymentGatewayHook() as hook:
-        first = hook.charge("tok_visa", 500, "GBP", "key-1", "Invoice X", {"invoice_number": "X"})
-        again = hook.charge("tok_visa", 500, "GBP", "key-1", "Invoice X", {"invoice_number": "X"})
-        assert isinstance(first, ChargeApproved) and not first.replayed
-        assert again == ChargeApproved(first.charge_id, 500, "GBP", first.created, replayed=True)
-        with pytest.raises(IdempotencyKeyConflict):
-            hook.charge("tok_visa", 501, "GBP", "key-1", "Invoice X", {"invoice_number": "X"})
-        declined = hook.charge("tok_decline_stolen_card", 500, "GBP", "key-2", "Invoice Y")
-        assert declined == ChargeDeclined("stolen_card", declined.message) and "declined" in declined.message
-        with pytest.raises(GatewayUnavailable, match="HTTP 503"):
-            hook.charge("tok_unavailable", 500, "GBP", "key-3", "Invoice Z")
-        assert hook.test_connection()[0] is True
-    assert len(payment_gateway.charges) == 1
-    listed = httpx.get(f"{payment_gateway.url}/_sandbox/charges").json()["data"]
-    assert [c["id"] for c in listed] == [first.charge_id]
-    unauthorised = httpx.post(f"{payment_gateway.url}/v1/charges", json={"amount": 1, "currency": "GBP",
-                                                                         "source": "tok_visa"})
-    assert unauthorised.status_code == 401 and len(payment_gateway.charges) == 1
-    monkeypatch.setenv("AIRFLOW_CONN_PAYMENT_GATEWAY", payment_gateway.connection(password="sk_test_wrong_key"))
-    with PaymentGatewayHook() as hook:
-        assert hook.test_connection() == (False, "the gateway refused the API key (HTTP 401)")
-
-
-def test_gateway_runs_as_a_program(tmp_path):
-    """``make run`` starts it as a process: it must listen, charge and stop on SIGTERM."""
-    import httpx
-
-    from panelflow.dev.postgres import free_port
-
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "include", "sandbox", "payment_gateway.py"),
-                             "--host", "127.0.0.1", "--port", str(port), "--api-key", "sk_test_cli"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/_sandbox/health", timeout=0.5)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
-                time.sleep(0.05)
-        response = httpx.post(f"http://127.0.0.1:{port}/v1/charges", headers={"Authorization": "Bearer sk_test_cli",
-                                                                               "Idempotency-Key": "cli-1"},
-                              json={"amount": 250, "currency": "GBP", "source": "tok_visa"})
-        assert response.status_code == 201 and response.json()["status"] == "succeeded"
-    finally:
-        proc.terminate()
-        assert proc.wait(10) == 0
-    assert b"sk_test_cli" not in proc.stderr.read()

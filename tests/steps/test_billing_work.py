@@ -1,6 +1,7 @@
-"""BillingWork's billing run end to end on the demo provider: real PostgreSQL, the loopback
-card gateway and SMTP server. Invoices, charges, declines, invoice e-mails with their PDF,
-commissions; reruns and a worker killed mid-step (kill -9) leave one of each."""
+"""BillingWork's billing run end to end on the demo provider: real PostgreSQL, the Stripe sandbox
+and the loopback SMTP server. Invoices, charges, declines, invoice e-mails with their PDF,
+commissions; reruns and a worker killed mid-step (kill -9) leave one of each. The demo's cards are
+first moved into the sandbox's vault by ProvisioningWork 27, as in production."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import pytest
 from panelflow.dev.demo import load_billing_demo
 from panelflow.step import Interval
 from panelflow.steps.billing import billing_process, reseller_commissions
+from panelflow.steps.payment_profiles import create_pci_credit_profiles
 
 from harness import ROOT
 DAY = date(2026, 11, 21)
@@ -30,12 +32,15 @@ LOG = logging.getLogger("test_billing_work")
 
 
 @pytest.fixture
-def demo(panel_db, migrated_panel_db):
-    """The demo provider with every subscription due on DAY (5 per customer; a few bad on purpose)."""
+def demo(panel_db, migrated_panel_db, payment_gateway):
+    """The demo provider with every subscription due on DAY (5 per customer; a few bad on purpose),
+    its cards in the sandbox's vault."""
     import psycopg
 
     with psycopg.connect(migrated_panel_db, autocommit=True) as conn:
         load_billing_demo(conn, CUSTOMERS, DAY + timedelta(days=1), due_day=DAY, usage=False)
+    vaulted = create_pci_credit_profiles(panel_db=panel_db, log=LOG)
+    assert vaulted["profiles_vaulted"] > 0.9 * CUSTOMERS and vaulted["vault_refused"] == 0
     return panel_db
 
 
@@ -133,7 +138,9 @@ CHILD = textwrap.dedent("""
 def test_worker_killed_mid_billing_then_retried_bills_charges_and_mails_once(demo, sql, payment_gateway,
                                                                              smtp_server, tmp_path):
     # one customer's card answers only when released: the worker dies waiting for it
-    sql("UPDATE payment_profiles SET gateway_token = 'tok_hold_' || customer_id WHERE customer_id = 60")
+    ((stripe_customer,),) = sql("SELECT gateway_customer_id FROM payment_profiles WHERE customer_id = 60")
+    _, held_card = payment_gateway.saved_card("pm_sandbox_hold", customer=stripe_customer)
+    sql("UPDATE payment_profiles SET gateway_token = %s WHERE customer_id = 60", (held_card,))
     env = {**os.environ, "PYTHONPATH": str(ROOT / "plugins"),
            "AIRFLOW_CONN_PAYMENT_GATEWAY": payment_gateway.connection(extra={"timeout": 60})}
     log = (tmp_path / "worker.log").open("w+")

@@ -88,9 +88,11 @@ BILLING_DEMO = [
               (ARRAY['GB', 'GB', 'DE', 'FR', 'IE'])[1 + g %% 5],
               CASE WHEN g %% 5 < 2 THEN 'GBP' ELSE 'EUR' END
        FROM generate_series(1, %(n)s::int) g""",
-    """INSERT INTO payment_profiles (customer_id, gateway_token, card_brand, card_last4)
-       SELECT g, CASE WHEN g %% 41 = 7 THEN 'tok_decline_demo_' ELSE 'tok_demo_' END || g,
-              (ARRAY['visa', 'mastercard', 'amex'])[1 + g %% 3], lpad((g * 7919 %% 10000)::text, 4, '0')
+    # legacy card references (sandbox tokens of Stripe's test cards, include/sandbox/README.md) that
+    # ProvisioningWork 27 moves into Stripe's vault; brand and last four digits come from Stripe then
+    """INSERT INTO payment_profiles (customer_id, legacy_card_token)
+       SELECT g, CASE WHEN g %% 41 = 7 THEN 'tok_chargeCustomerFail_'
+                      ELSE (ARRAY['tok_visa_', 'tok_mastercard_', 'tok_amex_'])[1 + g %% 3] END || g
        FROM generate_series(1, %(n)s::int) g WHERE g %% 53 <> 11""",
     """INSERT INTO subscriptions (id, customer_id, plan, price, currency, quantity, billing_cycle, next_bill_date,
                                  deferred_billing, o365_offer_id, started_on) OVERRIDING SYSTEM VALUE
@@ -241,6 +243,33 @@ def load_for_make_run(url: str, ports: dict[str, int], graph_tenants: list[str],
     print("demo data: " + ", ".join(f"{t} {n}" for t, n in counts.items()), flush=True)
     with psycopg.connect(sqlalchemy_url(url).replace("postgresql+psycopg://", "postgresql://")) as conn:
         load_local_sandbox(conn, ports, graph_tenants)
+    _vault_demo_cards(ports["gateway"])
+
+
+def _vault_demo_cards(port: int) -> None:
+    """Move the demo cards into the Stripe sandbox's vault now, as ProvisioningWork 27's first
+    run would, so BillingWork charges from make run's first run."""
+    import logging
+    import time
+    import urllib.request
+
+    from panelflow.hooks.panel_db import PanelDatabaseHook
+    from panelflow.steps.payment_profiles import VaultIncomplete, create_pci_credit_profiles
+
+    deadline = time.monotonic() + 30
+    while True:  # the sandbox starts beside the database preparation
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/_sandbox/health", timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    try:
+        vault = create_pci_credit_profiles(panel_db=PanelDatabaseHook(), log=logging.getLogger(__name__))
+        print(f"card vault: {vault['profiles_vaulted']} demo cards moved into the Stripe sandbox", flush=True)
+    except VaultIncomplete as exc:
+        print(f"card vault: {exc} (ProvisioningWork 27 finishes it)", flush=True)
 
 
 if __name__ == "__main__":

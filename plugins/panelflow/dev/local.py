@@ -181,6 +181,7 @@ class Supervisor:
         for name, port in (("payment-gateway", self.gateway_port), ("registrar", self.registrar_port),
                            ("microsoft", self.microsoft_port)):
             commands[name] = [py, "-m", f"sandbox.{name.replace('-', '_')}", "--host", "127.0.0.1", "--port", str(port)]
+        commands["payment-gateway"] += ["--state", str(self.home / "stripe-sandbox.json")]  # Stripe keeps what it was given
         return commands
 
     # -- start ----------------------------------------------------------------------------

@@ -1,13 +1,11 @@
-"""The one HTTP base of panelflow's REST hooks (payment gateway, registrar, Partner Center, Azure
-Retail Prices).
+"""The one HTTP base of panelflow's REST hooks (registrar, Partner Center, Azure Retail Prices).
 
 They reach different vendors, but the ways a REST call goes wrong are the same everywhere, so they
 are handled in one place: the connection is read once per hook (base URL, timeout, retry extras),
 a timeout or lost connection is :class:`Retryable`, a 429 or 5xx is :class:`Retryable` carrying what
 ``Retry-After`` says, and the tenacity loop waits that (capped) or backs off exponentially with
-jitter. What stays with each hook is its own: which answers it retries at all (the payment gateway
-retries nothing — a resent charge is the caller's decision, under the same idempotency key), its
-defaults, its headers, and the errors it raises.
+jitter. What stays with each hook is its own: its defaults, its headers, and the errors it raises.
+(The payment gateway is not on this base: it speaks Stripe through Stripe's own library.)
 
 Settings come from the connection's extras ``timeout``, ``retries``, ``backoff`` and
 ``max_retry_wait``, each with the hook's ``DEFAULT_…`` when absent.
@@ -77,7 +75,6 @@ class HttpApiHook(BaseHook):
     DEFAULT_RETRIES = 6
     DEFAULT_BACKOFF = 1.0
     DEFAULT_MAX_RETRY_WAIT = 120.0
-    RETRIES = True  # False: every request is sent once, whatever happens (see the payment gateway)
 
     def __init__(self, conn_id: str, *, sleep: Callable[[float], None] = time.sleep, **kwargs):
         super().__init__(**kwargs)
@@ -113,8 +110,7 @@ class HttpApiHook(BaseHook):
         return HttpSettings(
             base_url=self._api_url(conn),
             timeout=extra_number(cid, extra, "timeout", float(self.DEFAULT_TIMEOUT), minimum=0.1),
-            retries=extra_number(cid, extra, "retries", int(self.DEFAULT_RETRIES), kind=int, minimum=1)
-            if self.RETRIES else 1,
+            retries=extra_number(cid, extra, "retries", int(self.DEFAULT_RETRIES), kind=int, minimum=1),
             backoff=extra_number(cid, extra, "backoff", float(self.DEFAULT_BACKOFF), minimum=0.0),
             max_retry_wait=extra_number(cid, extra, "max_retry_wait", float(self.DEFAULT_MAX_RETRY_WAIT),
                                           minimum=0.0))
@@ -183,8 +179,6 @@ class HttpApiHook(BaseHook):
     def _with_retries(self, attempt: Callable[[], T], unavailable: Callable[[str], Exception]) -> T:
         """``attempt()`` until it returns, as often as the hook's policy allows while it raises
         :class:`Retryable`; then ``unavailable(reason)``, raised from the last :class:`Retryable`."""
-        if not self.RETRIES:
-            raise TypeError(f"{type(self).__name__} sends every request once")
         from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
         self.get_conn()

@@ -1,64 +1,92 @@
-"""Card charges through the payment gateway's HTTP API (Stripe-like), for BillingWork.
+"""Card payments on Stripe's API (v1), through Stripe's official ``stripe`` library.
 
-The gateway is an Airflow connection (``payment_gateway``, type ``panelflow_payment_gateway``):
-host = the API's base URL (``https://api.gateway.example`` or a bare host name with schema
-``http``/``https`` and port), password = the secret API key, extra ``timeout`` (seconds a
-request may take, default 10). The key travels only in the ``Authorization`` header; Airflow's
-secrets masker hides it in task logs and nothing here logs it.
+BillingWork charges saved cards with PaymentIntents created and confirmed off-session
+(``confirm=true``, ``off_session=true``) against the customer's saved PaymentMethod; ProvisioningWork
+27 moves legacy card references into Stripe's vault (a Customer, a PaymentMethod made from the
+token and attached to it). The library is Stripe's own, so the requests are Stripe's — form-encoded
+parameters, ``Idempotency-Key``, ``Stripe-Version`` — and the same hook that runs against the
+loopback sandbox in tests runs against ``https://api.stripe.com`` with a test or live key.
 
-Every charge carries an idempotency key. The hook tells apart the three things a charge request
-can end in, because the caller's next move depends on which:
+The connection (``payment_gateway``, type ``panelflow_payment_gateway``): password = the secret
+key (``sk_test_…`` / ``sk_live_…`` or a restricted ``rk_…``), host = the API base (empty: Stripe's
+own, ``https://api.stripe.com``; a full URL, or host + schema + port), extras ``timeout`` (seconds
+a request may take, default 30) and ``stripe_version`` (default: the version the pinned library
+was generated for). The key goes only into the library's ``Authorization`` header; Airflow's
+secrets masker hides it in task logs, and Stripe's own errors show it redacted.
 
-- an answer — :class:`ChargeApproved` or :class:`ChargeDeclined` — the outcome is known;
-- :class:`GatewayUnavailable` (timeout, lost connection, 5xx, 409 "key in use", 429) — the card
-  may or may not have been charged. The only safe move is to resend the same request with the
-  SAME idempotency key, later, until the gateway answers;
-- :class:`GatewayRequestRejected` (400, 401, 404, 422) — the gateway refused the request itself;
-  resending it unchanged will not help (:class:`GatewayAuthenticationError`: the API key,
-  :class:`IdempotencyKeyConflict`: the key was first used with another body).
+Nothing here retries. Stripe's library would resend a timed-out POST under the same idempotency
+key (safe), but then a lost answer and a recovered one look alike to the caller, which must
+know: BillingWork records every request under an attempt's key, resends it itself (in the run,
+then on the task's retry), and stops resending once Stripe forgets the key (24 hours). So the
+client is built with ``max_network_retries=0`` and every outcome is sorted into:
+
+- an answer — :class:`ChargeApproved` or :class:`ChargeDeclined` (402 ``card_error`` with its
+  ``decline_code``, or a PaymentIntent that needs the customer): the outcome is known;
+- :class:`GatewayUnavailable` (no answer, timeout, 5xx, 409 "key in flight", 429): the card may or
+  may not have been charged; resend the SAME request under the SAME key later;
+- :class:`GatewayRequestRejected` (400/404 ``invalid_request_error``): Stripe refused the request
+  without executing it; resending it unchanged will not help. Its special cases:
+  :class:`GatewayAuthenticationError` (401/403: the key) and :class:`IdempotencyKeyConflict`
+  (400 ``idempotency_error``: the key was first used with other parameters).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from panelflow.hooks._http import HttpApiHook, RequestRefused, Retryable, json_object
+from airflow.sdk import BaseHook
+
+from panelflow.hooks._extras import extra_number
+from panelflow.hooks._http import base_url_of
+
+STRIPE_API_BASE = "https://api.stripe.com"
 
 
 class PaymentGatewayError(Exception):
-    """Any failure to get an answer to a charge request."""
+    """Any failure to get an answer from Stripe."""
 
 
 class GatewayUnavailable(PaymentGatewayError):
-    """No answer: whether the card was charged is unknown. Resend with the same idempotency key."""
+    """No answer: whether the request was executed is unknown. Resend it with the same idempotency key."""
 
 
-class GatewayRequestRejected(PaymentGatewayError, RequestRefused):
-    """The gateway refused the request (4xx other than a decline); it did not execute it."""
+class GatewayRequestRejected(PaymentGatewayError):
+    """Stripe refused the request (a 4xx other than a card error); it did not execute it."""
+
+    def __init__(self, message: str, *, http_status: int | None, code: str | None = None):
+        super().__init__(message)
+        self.http_status = http_status
+        self.code = code
 
 
 class GatewayAuthenticationError(GatewayRequestRejected):
-    """The API key was refused: a configuration error, every request would fail the same way."""
+    """The key was refused: a configuration error, every request would fail the same way."""
 
 
 class IdempotencyKeyConflict(GatewayRequestRejected):
-    """The key was first used with another body: what that first request did is not known here."""
+    """The key was first used with other parameters: what that first request did is not known here."""
+
+
+class CardRefused(GatewayRequestRejected):
+    """A card error outside a charge (Stripe checks a card when it is attached): ``code`` is the decline code."""
 
 
 @dataclass(frozen=True)
 class ChargeApproved:
-    charge_id: str
+    payment_intent_id: str  # pi_…: what refunds, disputes and reconciliation start from
+    charge_id: str | None  # the PaymentIntent's latest_charge (ch_…)
     amount_minor: int
     currency: str
-    created: datetime  # when the gateway made the charge (UTC): the payment's time, whichever try learned it
-    replayed: bool = False  # the gateway answered from its idempotency store: an earlier try had charged
+    created: datetime  # when Stripe made the payment (UTC): the payment's time, whichever try learned it
+    replayed: bool = False  # Stripe answered from its idempotency store: an earlier try had charged
 
 
 @dataclass(frozen=True)
 class ChargeDeclined:
-    code: str  # the most specific code the gateway gave: "insufficient_funds" rather than "card_declined"
+    code: str  # the most specific code Stripe gave: "insufficient_funds" (decline_code) over "card_declined"
     message: str
     replayed: bool = False
 
@@ -66,120 +94,249 @@ class ChargeDeclined:
 ChargeResult = ChargeApproved | ChargeDeclined
 
 
-class PaymentGatewayHook(HttpApiHook):
-    """One ``httpx.Client`` per hook (connection reuse across a run's charges); ``close()`` it.
+@dataclass(frozen=True)
+class VaultedCard:
+    """A card PaymentMethod as Stripe describes it: ids and display details, never the number."""
 
-    It never retries: a charge whose outcome is unknown is :class:`GatewayUnavailable` at once,
-    and only the caller may resend it (same key, later), because only the caller records that it
-    is still owed an answer.
-    """
+    payment_method_id: str
+    customer_id: str | None
+    brand: str | None
+    last4: str | None
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """What the hook read from its connection, once: a hook never re-reads it mid-run."""
+
+    api_base: str
+    timeout: float
+    stripe_version: str | None
+
+
+class PaymentGatewayHook(BaseHook):
+    """One Stripe client (and HTTP session) per hook, reused across a run's requests; ``close()`` it."""
 
     conn_name_attr = "payment_gateway_conn_id"
     default_conn_name = "payment_gateway"
     conn_type = "panelflow_payment_gateway"
-    hook_name = "panelflow payment gateway"
+    hook_name = "panelflow payment gateway (Stripe)"
 
-    BASE_URL_NAME = "the gateway's base URL"
-    USER_AGENT = "panelflow-billing"
-    DEFAULT_TIMEOUT = 10.0
-    RETRIES = False
+    DEFAULT_TIMEOUT = 30.0
 
     def __init__(self, payment_gateway_conn_id: str = default_conn_name, **kwargs):
-        super().__init__(payment_gateway_conn_id, **kwargs)
+        super().__init__(**kwargs)
+        self.payment_gateway_conn_id = payment_gateway_conn_id
+        self.settings: GatewaySettings | None = None
+        self._client = None
+        self._session = None
 
     @classmethod
     def get_connection_form_widgets(cls) -> dict[str, Any]:
-        """The ``timeout`` extra as a form field (for a UI that still reads hook widgets)."""
+        """The extras as form fields (for a UI that still reads hook widgets)."""
         from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
         from flask_babel import lazy_gettext
         from wtforms.fields import StringField
 
         return {"timeout": StringField(lazy_gettext("Request timeout (seconds)"), widget=BS3TextFieldWidget(),
-                                       default=str(int(cls.DEFAULT_TIMEOUT)))}
+                                       default=str(int(cls.DEFAULT_TIMEOUT))),
+                "stripe_version": StringField(lazy_gettext("Stripe-Version (empty: the library's)"),
+                                              widget=BS3TextFieldWidget())}
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        return cls._rest_form(hidden=["login"], labels={"password": "Secret API key"},
-                              host="https://api.gateway.example", extra='{"timeout": 10}')
+        return {"hidden_fields": ["login"],
+                "relabeling": {"host": "API base URL", "password": "Secret key", "schema": "Scheme (http/https)"},
+                "placeholders": {"host": STRIPE_API_BASE, "password": "sk_test_…", "schema": "https",
+                                 "extra": '{"timeout": 30}'}}
 
-    # -- connection -----------------------------------------------------------------------------
+    # -- the client -----------------------------------------------------------------------------
 
-    def base_url(self, conn=None) -> str:
-        return self._api_url(conn or self.get_connection(self.payment_gateway_conn_id))
+    def get_conn(self):
+        """The hook's ``stripe.StripeClient``, from the connection read once; it never retries."""
+        if self._client is None:
+            import requests
+            import stripe
 
-    def _configure(self, conn, extra: dict[str, Any]) -> dict[str, str]:
-        """The secret key, sent as a bearer header and nowhere else."""
-        if not conn.password:
-            raise ValueError(f"connection {self.payment_gateway_conn_id!r} has no password (the API key)")
-        return {"Authorization": f"Bearer {conn.password}"}
+            cid = self.payment_gateway_conn_id
+            conn = self.get_connection(cid)
+            if not conn.password:
+                raise ValueError(f"connection {cid!r} has no password (the Stripe secret key)")
+            extra = conn.extra_dejson
+            self.settings = GatewaySettings(
+                api_base=base_url_of(conn, cid, STRIPE_API_BASE),
+                timeout=extra_number(cid, extra, "timeout", self.DEFAULT_TIMEOUT, minimum=0.1),
+                stripe_version=str(extra["stripe_version"]) if extra.get("stripe_version") else None)
+            stripe_log = logging.getLogger("stripe")
+            if stripe_log.level == logging.NOTSET:
+                # the library logs two INFO lines per request (a billing run's log twice over) and, at
+                # DEBUG, whole request bodies (e-mail addresses, card tokens): warnings only, unless a
+                # deployment set the "stripe" logger's level itself
+                stripe_log.setLevel(logging.WARNING)
+            self._session = requests.Session()
+            self._client = stripe.StripeClient(
+                conn.password, base_addresses={"api": self.settings.api_base},
+                stripe_version=self.settings.stripe_version, max_network_retries=0,
+                http_client=stripe.RequestsClient(timeout=self.settings.timeout, session=self._session))
+        return self._client
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+        self._client = self._session = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def test_connection(self) -> tuple[bool, str]:
-        """Whether the gateway answers and accepts the key, without charging (a lookup of no charge)."""
-        import httpx
-
+        """Whether Stripe answers and accepts the key, without changing anything (reads the balance)."""
         try:
-            response = self.get_conn().get("/v1/charges/ch_connection_test")
-        except httpx.HTTPError as exc:
-            return False, f"{type(exc).__name__}: {exc}"
-        if response.status_code in (401, 403):
-            return False, f"the gateway refused the API key (HTTP {response.status_code})"
-        return True, f"the gateway answered (HTTP {response.status_code})"
+            self._call("connection test", lambda c: c.v1.balance.retrieve())
+        except GatewayAuthenticationError as exc:
+            return False, f"Stripe refused the secret key (HTTP {exc.http_status})"
+        except PaymentGatewayError as exc:
+            return False, str(exc)
+        return True, "Stripe accepted the key"
 
     # -- charges --------------------------------------------------------------------------------
 
-    def charge(self, source: str, amount_minor: int, currency: str, idempotency_key: str, description: str,
-               metadata: dict[str, str] | None = None) -> ChargeResult:
-        """Charge ``amount_minor`` (the currency's minor units) to the stored card ``source``.
+    def charge(self, *, payment_method: str, customer: str, amount_minor: int, currency: str, idempotency_key: str,
+               description: str, metadata: dict[str, str] | None = None) -> ChargeResult:
+        """Charge ``amount_minor`` (the currency's minor units) to the customer's saved ``payment_method``,
+        off-session: a PaymentIntent created and confirmed in one request.
 
-        Raises :class:`GatewayUnavailable` when the outcome is unknown: the caller must resend
-        this exact request (same key, same arguments) later; a different body under the same
-        key is refused by the gateway (:class:`IdempotencyKeyConflict`).
+        Raises :class:`GatewayUnavailable` when the outcome is unknown: the caller must resend this
+        exact request (same key, same arguments) later; other parameters under the same key are
+        refused by Stripe (:class:`IdempotencyKeyConflict`).
         """
+        import stripe
+
         if not isinstance(amount_minor, int) or amount_minor <= 0:
             raise ValueError(f"amount_minor must be a positive integer, not {amount_minor!r}")
-        body = {"amount": amount_minor, "currency": currency, "source": source, "description": description,
-                "metadata": dict(metadata or {})}
-        try:  # sent once: a timeout or lost connection leaves the outcome unknown, for the caller to resend
-            response = self._send(self.get_conn(), "POST", "/v1/charges", json=body,
-                                  headers={"Idempotency-Key": idempotency_key})
-        except Retryable as exc:
-            raise GatewayUnavailable(f"charge {idempotency_key}: {exc}") from exc.__cause__
-        replayed = response.headers.get("Idempotent-Replayed", "").lower() == "true"
-        status = response.status_code
-        payload = json_object(response) or {}
-        error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
-        code = error.get("code")
-        message = str(error.get("message") or response.reason_phrase)
+        params = {"amount": amount_minor, "currency": currency.lower(), "customer": customer,
+                  "payment_method": payment_method, "confirm": True, "off_session": True,
+                  "description": description, "metadata": dict(metadata or {})}
+        what = f"charge {idempotency_key}"
+        try:
+            intent = self._call(what, lambda c: c.v1.payment_intents.create(
+                params, {"idempotency_key": idempotency_key}), card_errors=False)
+        except stripe.CardError as exc:  # 402: declined, or off-session authentication needed
+            error = exc.error
+            return ChargeDeclined(code=str(getattr(error, "decline_code", None) or exc.code or "card_declined"),
+                                  message=str(getattr(error, "message", None) or exc.user_message or "declined"),
+                                  replayed=_replayed(exc.headers))
+        replayed = _replayed(intent.last_response.headers if intent.last_response else {})
+        if intent.status == "processing":  # not final; a resend would only replay this answer, so look again
+            intent = self._call(what, lambda c: c.v1.payment_intents.retrieve(intent.id))
+        return _outcome(what, intent, replayed)
 
-        if status in (200, 201):
-            return self._approved_or_declined(idempotency_key, payload, replayed)
-        if status == 402:
-            return ChargeDeclined(code=str(error.get("decline_code") or code or "card_declined"), message=message,
-                                  replayed=replayed)
-        if status in (401, 403):
+    # -- the vault (ProvisioningWork 27) ----------------------------------------------------------
+
+    def find_customer(self, metadata_key: str, value: str) -> str | None:
+        """The Customer whose ``metadata[metadata_key]`` is ``value`` (the oldest if several), via
+        Stripe's search. Search is eventually consistent (about a minute): it finds what an
+        idempotent create no longer can, after Stripe forgot that create's key."""
+        found = self._call(f"customer search {metadata_key}={value}", lambda c: c.v1.customers.search(
+            {"query": f"metadata['{metadata_key}']:'{_quoted(value)}'", "limit": 10}))
+        customers = sorted(found.data, key=lambda customer: (customer.created, customer.id))
+        return customers[0].id if customers else None
+
+    def create_customer(self, *, name: str | None, email: str | None, metadata: dict[str, str],
+                        idempotency_key: str) -> str:
+        params: dict[str, Any] = {"metadata": metadata}
+        if name:
+            params["name"] = name
+        if email:
+            params["email"] = email
+        customer = self._call(f"customer {idempotency_key}", lambda c: c.v1.customers.create(
+            params, {"idempotency_key": idempotency_key}))
+        return customer.id
+
+    def payment_method_from_token(self, token: str, *, metadata: dict[str, str], idempotency_key: str) -> VaultedCard:
+        """Stripe's way of importing a card token: ``POST /v1/payment_methods`` with ``card[token]``.
+        A token is single-use: only the same key's replay returns this PaymentMethod again."""
+        method = self._call(f"payment method {idempotency_key}", lambda c: c.v1.payment_methods.create(
+            {"type": "card", "card": {"token": token}, "metadata": metadata}, {"idempotency_key": idempotency_key}))
+        return _card(method)
+
+    def payment_method(self, payment_method_id: str) -> VaultedCard:
+        return _card(self._call(f"payment method {payment_method_id}",
+                                lambda c: c.v1.payment_methods.retrieve(payment_method_id)))
+
+    def attach(self, payment_method_id: str, customer: str, *, idempotency_key: str) -> VaultedCard:
+        """Attach the PaymentMethod to the Customer (Stripe checks the card: :class:`CardRefused`)."""
+        return _card(self._call(f"attach {idempotency_key}", lambda c: c.v1.payment_methods.attach(
+            payment_method_id, {"customer": customer}, {"idempotency_key": idempotency_key})))
+
+    # -- errors ---------------------------------------------------------------------------------
+
+    def _call(self, what: str, request, *, card_errors: bool = True):
+        """``request(client)``, its Stripe errors sorted into this module's three kinds."""
+        import stripe
+
+        client = self.get_conn()
+        try:
+            return request(client)
+        except stripe.CardError as exc:
+            if not card_errors:
+                raise
+            error = exc.error
+            raise CardRefused(f"{what}: card refused: {getattr(error, 'message', None) or exc.user_message}",
+                              http_status=exc.http_status,
+                              code=str(getattr(error, "decline_code", None) or exc.code)) from exc
+        except (stripe.AuthenticationError, stripe.PermissionError) as exc:
             raise GatewayAuthenticationError(
-                f"payment gateway refused the API key of connection {self.payment_gateway_conn_id!r}"
-                f" (HTTP {status}): {message}", http_status=status, code=code)
-        if status == 409 or status == 429 or status >= 500:
-            raise GatewayUnavailable(f"charge {idempotency_key}: HTTP {status} {code or ''} {message}".strip())
-        if status == 422 or code in ("idempotency_key_reused",) or error.get("type") == "idempotency_error":
-            raise IdempotencyKeyConflict(f"charge {idempotency_key}: HTTP {status}: {message}", http_status=status,
-                                         code=code)
-        raise GatewayRequestRejected(f"charge {idempotency_key}: HTTP {status}: {message}", http_status=status,
-                                     code=code)
+                f"Stripe refused the secret key of connection {self.payment_gateway_conn_id!r}"
+                f" (HTTP {exc.http_status}): {exc.user_message}", http_status=exc.http_status, code=exc.code) from exc
+        except stripe.IdempotencyError as exc:
+            raise IdempotencyKeyConflict(f"{what}: HTTP {exc.http_status}: {exc.user_message}",
+                                         http_status=exc.http_status, code="idempotency_error") from exc
+        except stripe.APIConnectionError as exc:
+            cause = type(exc.__cause__).__name__ if exc.__cause__ else "no answer"
+            raise GatewayUnavailable(f"{what}: no answer ({cause})") from exc
+        except (stripe.RateLimitError, stripe.APIError) as exc:  # 429, 409 key in flight, 5xx
+            raise GatewayUnavailable(" ".join(filter(None, (f"{what}: HTTP {exc.http_status}", _code(exc),
+                                                            exc.user_message)))) from exc
+        except stripe.StripeError as exc:  # InvalidRequestError (400/404) and the rest: refused, not executed
+            raise GatewayRequestRejected(f"{what}: HTTP {exc.http_status}: {exc.user_message}",
+                                         http_status=exc.http_status, code=_code(exc)) from exc
 
-    def _approved_or_declined(self, key: str, payload: dict[str, Any], replayed: bool) -> ChargeResult:
-        state = payload.get("status")
-        if state == "succeeded" and payload.get("id"):
-            created = payload.get("created")
-            if not isinstance(created, (int, float)):
-                raise GatewayUnavailable(f"charge {key}: approved answer without a 'created' time")
-            return ChargeApproved(charge_id=str(payload["id"]), amount_minor=int(payload.get("amount", 0)),
-                                  currency=str(payload.get("currency", "")).upper(),
-                                  created=datetime.fromtimestamp(created, tz=timezone.utc), replayed=replayed)
-        if state == "failed":
-            return ChargeDeclined(code=str(payload.get("failure_code") or "card_declined"),
-                                  message=str(payload.get("failure_message") or "The charge failed."),
-                                  replayed=replayed)
-        # "pending" and anything unknown: not final; resending the key later gets the final state
-        raise GatewayUnavailable(f"charge {key}: the gateway reports status {state!r}, not a final outcome")
+
+def _code(exc) -> str | None:
+    """Stripe's error code (the library leaves it off some error classes; the body has it)."""
+    return exc.code or getattr(exc.error, "code", None)
+
+
+def _replayed(headers) -> bool:
+    return str((headers or {}).get("Idempotent-Replayed", "")).lower() == "true"
+
+
+def _quoted(value: str) -> str:
+    """A value inside a Stripe search query's single quotes."""
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _card(method) -> VaultedCard:
+    card = getattr(method, "card", None)
+    customer = getattr(method, "customer", None)  # an id, or the Customer when expanded
+    return VaultedCard(payment_method_id=method.id, customer_id=getattr(customer, "id", customer),
+                       brand=getattr(card, "brand", None), last4=getattr(card, "last4", None))
+
+
+def _outcome(what: str, intent, replayed: bool) -> ChargeResult:
+    """What a PaymentIntent's state means for the invoice."""
+    if intent.status == "succeeded":
+        charge = getattr(intent, "latest_charge", None)  # an id, or the Charge when expanded
+        return ChargeApproved(payment_intent_id=intent.id, charge_id=getattr(charge, "id", charge),
+                              amount_minor=int(intent.amount), currency=str(intent.currency).upper(),
+                              created=datetime.fromtimestamp(intent.created, tz=timezone.utc), replayed=replayed)
+    if intent.status in ("requires_payment_method", "requires_action", "requires_confirmation", "canceled"):
+        # off-session nobody can authenticate or pick another card: nothing was charged
+        error = getattr(intent, "last_payment_error", None)
+        code = getattr(error, "decline_code", None) or getattr(error, "code", None) or (
+            "authentication_required" if intent.status == "requires_action" else intent.status)
+        return ChargeDeclined(code=str(code), message=str(getattr(error, "message", None)
+                                                          or f"PaymentIntent {intent.status}"), replayed=replayed)
+    raise GatewayUnavailable(f"{what}: PaymentIntent {intent.id} is {intent.status!r}, not a final outcome")

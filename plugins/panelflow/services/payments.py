@@ -1,4 +1,4 @@
-"""Payments: charge the billing day's recurring invoices to the customers' stored cards, once.
+"""Payments: charge the billing day's recurring invoices to the customers' saved cards on Stripe, once.
 
 "Once" rests on the payment attempt, not on the run behaving: before any HTTP call the attempt
 row (invoice, attempt number, idempotency key ``pay:<invoice number>:<attempt>``, profile,
@@ -7,6 +7,11 @@ amount) is committed as ``pending``. Whatever happens next — the answer lost, 
 under that same key; the gateway then answers from its idempotency store instead of charging
 again. A new attempt number (a new key, a possible new charge) is only ever made after a known
 outcome that charged nothing: a decline, or a request the gateway refused outright.
+
+A charge is a Stripe PaymentIntent confirmed off-session against the profile's PaymentMethod
+(``gateway_token``) and Customer (``gateway_customer_id``); a profile whose card still waits to
+be moved into Stripe's vault (``legacy_card_token``, ProvisioningWork 27) is skipped and named.
+Stripe keeps idempotency keys for at least 24 hours; see ``KEY_RETENTION``.
 
 A decline marks the invoice ``payment_declined`` and queues the customer's notice in the same
 transaction; this step never charges a declined invoice again (an operator reopens it, as
@@ -58,7 +63,8 @@ class _Attempt:
     customer_id: int
     attempt: int
     key: str
-    token: str
+    payment_method: str
+    gateway_customer: str
     amount: Decimal
     currency: str
     minor_units: int
@@ -71,7 +77,8 @@ class _Attempt:
     def send(self, hook: PaymentGatewayHook):
         # Nothing here may depend on anything but the attempt row: another body under the
         # same key is refused by the gateway (and the first request's fate stays unknown).
-        return hook.charge(self.token, self.amount_minor, self.currency, self.key,
+        return hook.charge(payment_method=self.payment_method, customer=self.gateway_customer,
+                           amount_minor=self.amount_minor, currency=self.currency, idempotency_key=self.key,
                            description=f"Invoice {self.invoice_number}",
                            metadata={"invoice_number": self.invoice_number, "attempt": str(self.attempt),
                                      "customer_id": str(self.customer_id)})
@@ -93,7 +100,7 @@ WHERE i.id = %s FOR UPDATE OF i
 
 _LATEST_ATTEMPT = """
 SELECT a.id, a.attempt, a.status, a.idempotency_key, a.amount, a.currency, cur.minor_units, p.gateway_token,
-       p.card_brand, p.card_last4, a.created_at < clock_timestamp() - %s AS beyond_key_retention
+       p.gateway_customer_id, p.card_brand, p.card_last4, a.created_at < clock_timestamp() - %s AS beyond_key_retention
 FROM payment_attempts a
 JOIN payment_profiles p ON p.id = a.payment_profile_id
 LEFT JOIN currencies cur ON cur.code = a.currency
@@ -212,8 +219,8 @@ class _PaymentRun:
                 return None  # settled by another worker since the batch was read
             latest = self.conn.execute(_LATEST_ATTEMPT, (self.key_retention, invoice_id)).fetchone()
             if latest is not None:
-                (attempt_id, attempt_no, attempt_status, key, amount, attempt_currency, attempt_minor_units, token,
-                 brand, last4, beyond_retention) = latest
+                (attempt_id, attempt_no, attempt_status, key, amount, attempt_currency, attempt_minor_units, method,
+                 gateway_customer, brand, last4, beyond_retention) = latest
                 if attempt_status == "pending":
                     if beyond_retention:
                         self.skip("pending payment attempt older than the gateway keeps idempotency keys;"
@@ -223,17 +230,22 @@ class _PaymentRun:
                                       (attempt_id,))
                     self.report.add("gateway_requests")
                     self.report.add("resent")
-                    return _Attempt(attempt_id, invoice_id, number, customer_id, attempt_no, key, token, amount,
-                                    attempt_currency, attempt_minor_units, _card(brand, last4))
+                    return _Attempt(attempt_id, invoice_id, number, customer_id, attempt_no, key, method,
+                                    gateway_customer, amount, attempt_currency, attempt_minor_units,
+                                    _card(brand, last4))
                 if attempt_status == "approved":
                     self.skip("open invoice with an approved payment attempt; not charged again", number)
                     return None
             next_attempt = latest[1] + 1 if latest is not None else 1
             profile = self.conn.execute(
-                "SELECT id, gateway_token, card_brand, card_last4 FROM payment_profiles"
-                " WHERE customer_id = %s AND is_default", (customer_id,)).fetchone()
+                "SELECT id, gateway_token, gateway_customer_id, card_brand, card_last4,"
+                " legacy_card_token IS NULL AND gateway_token IS NOT NULL AND gateway_customer_id IS NOT NULL"
+                " FROM payment_profiles WHERE customer_id = %s AND is_default", (customer_id,)).fetchone()
             if profile is None:
                 self.skip("no payment profile", number)
+                return None
+            if not profile[5]:
+                self.skip("card not yet in Stripe's vault (ProvisioningWork 27 moves it)", number)
                 return None
             if minor_units is None:
                 self.skip(f"unknown currency {currency}", number)
@@ -247,8 +259,8 @@ class _PaymentRun:
                 " currency, status, requests) VALUES (%s, %s, %s, %s, %s, %s, 'pending', 1) RETURNING id",
                 (invoice_id, next_attempt, key, profile[0], total, currency)).fetchone()
             self.report.add("gateway_requests")
-        return _Attempt(attempt_id, invoice_id, number, customer_id, next_attempt, key, profile[1], total, currency,
-                        minor_units, _card(profile[2], profile[3]))
+        return _Attempt(attempt_id, invoice_id, number, customer_id, next_attempt, key, profile[1], profile[2], total,
+                        currency, minor_units, _card(profile[3], profile[4]))
 
     def count_request(self, attempt: _Attempt) -> bool:
         """Record one more request under the attempt's key, committed before it is sent."""
@@ -267,16 +279,16 @@ class _PaymentRun:
             if not self.conn.execute(
                     "UPDATE payment_attempts SET status = 'approved', gateway_charge_id = %s, gateway_code = NULL,"
                     " gateway_message = NULL, finished_at = clock_timestamp() WHERE id = %s AND status = 'pending'",
-                    (charge.charge_id, attempt.id)).rowcount:
+                    (charge.payment_intent_id, attempt.id)).rowcount:
                 return  # recorded by another worker that got the same (replayed) answer
             # paid_on is the day the gateway charged the card: what its settlement reports show
             payment = self.conn.execute(
                 "INSERT INTO payments (invoice_id, payment_attempt_id, amount, currency, gateway_charge_id, paid_on)"
                 " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING id",
-                (attempt.invoice_id, attempt.id, attempt.amount, attempt.currency, charge.charge_id,
+                (attempt.invoice_id, attempt.id, attempt.amount, attempt.currency, charge.payment_intent_id,
                  charge.created.date())).fetchone()
             if payment is None:  # cannot happen through this step; if it does, someone must refund
-                self.skip(f"invoice already has a payment; charge {charge.charge_id} needs a refund",
+                self.skip(f"invoice already has a payment; PaymentIntent {charge.payment_intent_id} needs a refund",
                           attempt.invoice_number)
                 return
             self.conn.execute("UPDATE invoices SET status = 'paid', paid_at = %s WHERE id = %s AND status = 'open'",
