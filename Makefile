@@ -75,6 +75,8 @@ bench: $(VENV)/.installed
 	$(PY) bench/billing.py
 	$(PY) bench/o365_sync.py
 	$(PY) bench/ad_sync.py
+	$(PY) bench/voice.py
+	$(PY) bench/bandwidth.py
 
 ## re-resolve requirements.in into the exact lock requirements.txt
 lock: $(VENV)/.installed

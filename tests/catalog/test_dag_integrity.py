@@ -109,6 +109,12 @@ def test_built_steps_and_their_dags(dagbag):
         "salt_passwords", "sync_subscription_credit_limits", "send_recycle_bin_notifications",
         "send_recovery_notifications", "purge_expired_recovery_distribution_lists",
         "process_pending_o365_subscriptions", "generate_threshold_alerts",
+        # orders, payments, SSL, registrars, voice, hosting, workflows (issues 14, 15, 17)
+        "process_service_queue_orders", "work_provision", "work_ppu", "create_pci_credit_profiles",
+        "process_digicert_orders", "update_sectigo_order_status", "set_inet_nsa_registrar",
+        "send_vps_update_notifications", "run_configuration_studio", "update_sip_bundle_subscriber_usage",
+        "execute_sip_contracts", "execute_hosted_voice_contracts", "insert_hosted_voice_billing_details",
+        "apply_white_label_bindings",
     }
     assert steps("sessions_mgt_work") == {"expire_sessions", "delete_old_session_history"}
     assert steps("send_email_notifications_work") == {"send_due_notifications"}
@@ -136,7 +142,12 @@ def test_built_steps_and_their_dags(dagbag):
                      "exchange_service_stats_work", "exchange_volume_stats_work",
                      "exchange_mailbox_mobile_devices_report_work", "group_action_work_ex",
                      "group_action_work_mail_box_permissions", "mail_flow_report", "mailbox_migration_work",
-                     "hyper_v_home_backend_thread", "group_action_work_vps", "server_stats_work"}
+                     "hyper_v_home_backend_thread", "group_action_work_vps", "server_stats_work",
+                     # voice (issue 14), hosting (issue 15), workflows and the Lync SPLA report (issues 14, 17)
+                     "voice_sync_work", "voice_current_limit_sync_work", "call_data_process_work",
+                     "group_action_work_lync", "group_action_work_sip", "bandwidth_quota_work", "disk_quota_work",
+                     "transfer_work", "group_action_work_general", "peer_file_sync_work", "workfolder_sync_work",
+                     "usage_report_work", "workflows_thread"}
     # every step of the issue-5 threads is built; group-action processors run in the group_actions pool
     ad = dagbag.dags["group_action_work_ad"]
     assert ad.get_task("process_ad_group_actions").pool == "group_actions"

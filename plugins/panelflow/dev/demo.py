@@ -185,8 +185,16 @@ def load_local_sandbox(conn, ports: dict[str, int], graph_tenants: list[str] | N
         for name, kind, params in monitors:
             conn.execute("INSERT INTO monitors (name, kind, server_id, params) SELECT %s, %s, id, %s FROM servers"
                          " WHERE name = 'panelflow' ON CONFLICT (name) DO NOTHING", (name, kind, Jsonb(params)))
-        conn.execute("INSERT INTO registrar_accounts (name, conn_id) VALUES ('Sandbox registrar', 'registrar')"
-                     " ON CONFLICT DO NOTHING")
+        # EPP has no domain list: the sync probes the panel's domains under the account's zones, so the
+        # panel holds the sandbox registry's (customer001.example …, include/sandbox/registrar.py)
+        conn.execute("INSERT INTO registrar_accounts (name, conn_id, zones) VALUES ('Sandbox registrar', 'registrar',"
+                     " '{example}') ON CONFLICT DO NOTHING")
+        conn.execute("INSERT INTO domains (customer_id, name, contact_email, verification_token, status, verified_at)"
+                     " SELECT coalesce(c.id, 1), n.name, 'hostmaster@' || n.name, md5(n.name), 'verified', now()"
+                     " FROM (SELECT 'customer' || lpad(g::text, 3, '0') || '.example' AS name"
+                     "       FROM generate_series(1, 24) g UNION ALL SELECT 'broken-detail.example') n"
+                     " CROSS JOIN (SELECT min(id) AS id FROM customers) c"
+                     " ON CONFLICT (name) DO NOTHING")
         conn.execute("INSERT INTO csp_profiles (name, conn_id, country) VALUES ('Sandbox CSP', 'partner_center', 'GB')"
                      " ON CONFLICT DO NOTHING")
         for i, tenant in enumerate(graph_tenants or ()):  # the Microsoft sandbox's tenants, linked to customers

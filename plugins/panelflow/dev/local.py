@@ -3,8 +3,8 @@
 Starts (or reuses) an embedded PostgreSQL holding the Airflow metadata DB and the panel DB, then
 the Airflow 3 components — scheduler, dag-processor, triggerer, API server (LocalExecutor) — plus
 a local SMTP sink that keeps alert e-mails as files, the card-payment gateway sandbox (BillingWork
-charges through it), the registrar sandbox (DomainNameDataSyncThread) and the Microsoft sandbox
-(Graph, Partner Center, Azure Retail Prices).
+charges through it), the EPP registry sandbox (DomainNameDataSyncThread, ProvisioningWork 36) and
+the Microsoft sandbox (Graph, Partner Center, Azure Retail Prices).
 
 Start order is what each needs, because on 2 cores every process importing Airflow at once is
 what a start costs: the servers that need nothing start first; ``panelflow.dev.prepare`` (one
@@ -77,7 +77,7 @@ class Supervisor:
         path = self.home / "secrets.json"
         values = json.loads(path.read_text()) if path.exists() else {}
         wanted = {"admin_password": 12, "jwt_secret": 32, "api_secret_key": 32, "gateway_api_key": 24,
-                  "registrar_api_key": 24, "partner_center_secret": 24}
+                  "registrar_password": 12, "partner_center_secret": 24}  # 12 bytes: 16 characters, EPP's maximum
         if wanted.keys() - values.keys():  # a first start, or a set-up from before a secret existed
             values.update({k: secrets.token_urlsafe(n) for k, n in wanted.items() if k not in values})
             path.write_text(json.dumps(values))
@@ -99,7 +99,7 @@ class Supervisor:
                 "extra": {"disable_ssl": True, "disable_tls": True, "from_email": "panelflow@localhost"},
             }),
             PANELFLOW_SANDBOX_GATEWAY_KEY=sec["gateway_api_key"],
-            PANELFLOW_SANDBOX_REGISTRAR_KEY=sec["registrar_api_key"],
+            PANELFLOW_SANDBOX_REGISTRAR_PASSWORD=sec["registrar_password"],
             PANELFLOW_SANDBOX_PARTNER_CENTER_SECRET=sec["partner_center_secret"],
             # Partner Center and Azure Retail Prices on the Microsoft sandbox (include/sandbox/microsoft.py)
             AIRFLOW_CONN_PARTNER_CENTER=json.dumps({
@@ -113,9 +113,11 @@ class Supervisor:
                 "conn_type": "panelflow_azure_retail_prices", "host": "127.0.0.1", "port": self.microsoft_port,
                 "schema": "http", "extra": {"currencies": ["USD", "GBP"], "timeout": 30},
             }),
+            # the EPP registry sandbox (include/sandbox/registrar.py): TLS verified against its own CA
             AIRFLOW_CONN_REGISTRAR=json.dumps({
-                "conn_type": "panelflow_registrar", "host": "127.0.0.1", "port": self.registrar_port,
-                "schema": "http", "password": sec["registrar_api_key"], "extra": {"timeout": 10},
+                "conn_type": "panelflow_epp", "host": "127.0.0.1", "port": self.registrar_port,
+                "login": "panelflow-sandbox", "password": sec["registrar_password"],
+                "extra": {"ca_file": str(self.home / "registrar-tls" / "ca.pem"), "read_timeout": 30},
             }),
             # the card gateway sandbox (include/sandbox/payment_gateway.py), with this set-up's own key
             AIRFLOW_CONN_PAYMENT_GATEWAY=json.dumps({
@@ -182,6 +184,7 @@ class Supervisor:
                            ("microsoft", self.microsoft_port)):
             commands[name] = [py, "-m", f"sandbox.{name.replace('-', '_')}", "--host", "127.0.0.1", "--port", str(port)]
         commands["payment-gateway"] += ["--state", str(self.home / "stripe-sandbox.json")]  # Stripe keeps what it was given
+        commands["registrar"] += ["--tls-dir", str(self.home / "registrar-tls")]  # the CA its connection trusts
         return commands
 
     # -- start ----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The one HTTP base of panelflow's REST hooks (registrar, Partner Center, Azure Retail Prices).
+"""The one HTTP base of panelflow's REST hooks (Partner Center, Azure Retail Prices, DigiCert, Sectigo).
 
 They reach different vendors, but the ways a REST call goes wrong are the same everywhere, so they
 are handled in one place: the connection is read once per hook (base URL, timeout, retry extras),

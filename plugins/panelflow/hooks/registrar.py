@@ -1,89 +1,95 @@
-"""A domain registrar's REST API (domains, their status and contacts), for DomainNameDataSyncThread.
+"""A domain registrar (or registry) over EPP — RFC 5730–5734 — through the ``epptools`` client.
 
-The registrar is an Airflow connection (type ``panelflow_registrar``; ``registrar`` by default,
-one per registrar account — ``registrar_accounts.conn_id`` names it): host = the API's base URL
-(``https://api.registrar.example`` or a bare host with schema ``http``/``https`` and port),
-password = the API key, and extras:
+EPP is what registries and registrars publish for provisioning: one TLS session (RFC 5734,
+port 700) in which the client logs in with its client id (clID) and password, then sends
+``domain:info``, ``contact:info``, ``domain:update``, ``host:check``/``create`` and ``poll``
+commands, each answered with a result code (1000 done, 1300/1301 poll empty/message, 2201 not
+yours, 2303 no such object, 2304 a status forbids it …). ``epptools`` (MIT, stdlib only) does the
+framing, TLS, login with the services the greeting offers, XML built with ElementTree and the
+clTRID check of every answer; this hook turns its answers into panelflow's values and errors.
 
-- ``timeout``: seconds a request may take (default 10);
-- ``retries``: attempts per request when the registrar is busy or failing (default 4);
-- ``backoff``: the first wait between attempts in seconds, doubling (default 1);
-- ``max_retry_wait``: the longest wait, also the cap on a ``Retry-After`` (default 60);
-- ``page_size``: domains per list page (default 100).
+The registrar account is an Airflow connection (type ``panelflow_epp``; ``registrar`` by default,
+one per ``registrar_accounts`` row, whose ``conn_id`` names it): host, port (700), login = the
+clID, password = the EPP password (6–16 characters, RFC 5730), and extras:
 
-The key travels only in the ``Authorization: Bearer`` header; nothing here logs it.
+- ``ca_file`` (a path) or ``ca_pem`` (the PEM itself): the CA that signs the server's certificate
+  (a registry's private CA, the sandbox's); neither → the system's trust store. The server's
+  certificate and name are always verified: there is no switch to turn that off;
+- ``client_cert_file`` and ``client_key_file`` (paths), or ``client_cert_pem`` and
+  ``client_private_key`` (PEM): the registrar's certificate where the registry demands mutual TLS;
+- ``connect_timeout`` (10 s), ``read_timeout`` (30 s);
+- ``obj_uris`` / ``ext_uris``: the services to log in with (default: what the greeting offers);
+- ``lang`` (``en``).
 
-API (what ``include/sandbox/registrar.py`` emulates)::
+PEM given in extras is written, for the session only, to a private (0700) temporary folder that
+``close()`` removes, because ``ssl`` loads client certificates from files. Passwords and authInfo
+are never logged (``epptools`` masks them in frames; nothing here logs frames).
 
-    GET /v1/domains?page=1&per_page=100
-      200 {"data": [{"name", "status", "expires_at", "updated_at"}, …],
-           "meta": {"page", "per_page", "total", "total_pages"}}
-    GET /v1/domains/<name>
-      200 {"name", "status", "expires_at", "updated_at", "nameservers": […], "locked", "auto_renew",
-           "contacts": {"registrant": {"handle", "name", "organization", "email", "phone",
-                                       "address": {"street", "city", "postal_code", "state", "country"}},
-                        "admin": {…}, "tech": {…}, "billing": {…}}}
-
-A 429 (honouring ``Retry-After``), a 5xx, a timeout or a lost connection is retried with backoff
-(tenacity) and, once the attempts are spent, raised as :class:`RegistrarUnavailable` naming the
-request, the last answer and the attempts. 401/403 is :class:`RegistrarAuthenticationError`, 404
-:class:`RegistrarNotFound`, another 4xx :class:`RegistrarRequestError`, an answer that is not the
-documented JSON :class:`RegistrarResponseError` — none of these retried.
+Errors: :class:`RegistrarUnavailable` — unreachable, TLS refused, timed out, session closed by the
+server (25xx) or a command failed server-side (2400): worth a later retry; the session is unusable
+after a transport failure. :class:`RegistrarAuthenticationError` — login refused (2200).
+:class:`RegistrarNotFound` (2303), :class:`RegistrarNotSponsored` (2201/2202: another client's),
+:class:`RegistrarRefused` (any other 2xxx, with ``code``): the same command would fail again.
+:class:`RegistrarResponseError` — an answer the RFCs do not define. :class:`RegistrarConfigError`
+— the connection lacks what EPP needs.
 """
 
 from __future__ import annotations
 
-import time
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
-from urllib.parse import quote
+
+from airflow.sdk import BaseHook
 
 from panelflow.hooks._extras import extra_number
-from panelflow.hooks._http import HttpApiHook, RequestRefused, bool_value, error_message, iso_time, json_object, text_value
 
 ROLES = ("registrant", "admin", "tech", "billing")
-# what registrars call the same roles
-_ROLE_ALIASES = {"owner": "registrant", "holder": "registrant", "administrative": "admin", "technical": "tech",
-                 "billing": "billing", "registrant": "registrant", "admin": "admin", "tech": "tech"}
-MAX_PAGES = 10_000
 
 
 class RegistrarError(Exception):
     """Any failure to get an answer from the registrar."""
 
 
+class RegistrarConfigError(RegistrarError, ValueError):
+    """The connection lacks what an EPP session needs (host, clID, password, a readable PEM)."""
+
+
 class RegistrarUnavailable(RegistrarError):
-    """Busy (429), failing (5xx) or unreachable through every attempt."""
+    """Unreachable, TLS refused, timed out, or the server failed or closed the session."""
 
 
-class RegistrarRequestError(RegistrarError, RequestRefused):
-    """The registrar refused the request (4xx); resending it unchanged will not help."""
+class RegistrarRefused(RegistrarError):
+    """The server answered a command with an error result code (``code``), or the client refused to
+    send a command the RFCs' schema forbids (``code`` None); resending it unchanged will not help."""
+
+    def __init__(self, message: str, code: int | None):
+        super().__init__(message)
+        self.code = code
 
 
-class RegistrarAuthenticationError(RegistrarRequestError):
-    """The API key was refused: every request of this account fails the same way."""
+class RegistrarAuthenticationError(RegistrarRefused):
+    """The login was refused (2200): every command of this account fails the same way."""
 
 
-class RegistrarNotFound(RegistrarRequestError):
-    """No such domain at this registrar (account)."""
+class RegistrarNotFound(RegistrarRefused):
+    """No such object at the server (2303): deleted, or never there."""
+
+
+class RegistrarNotSponsored(RegistrarRefused):
+    """The object exists but another client sponsors it (2201/2202): transferred away."""
 
 
 class RegistrarResponseError(RegistrarError):
-    """An answer that is not what the API documents."""
-
-
-@dataclass(frozen=True)
-class DomainSummary:
-    name: str
-    status: str | None
-    expires_at: datetime | None
-    updated_at: datetime | None  # the registrar's last change of the domain (a detail read is due when it moves)
+    """An answer that is not what the RFCs define (no object name, a date that is no dateTime)."""
 
 
 @dataclass(frozen=True)
 class Contact:
-    handle: str | None = None
+    handle: str
     name: str | None = None
     organization: str | None = None
     email: str | None = None
@@ -96,167 +102,338 @@ class Contact:
 
 
 @dataclass(frozen=True)
-class DomainDetail:
+class DomainInfo:
+    """A ``domain:infData`` (RFC 5731 §3.1.2) as panelflow keeps it."""
+
     name: str
-    status: str | None
-    expires_at: datetime | None
-    updated_at: datetime | None
-    nameservers: tuple[str, ...] = ()
-    locked: bool | None = None
-    auto_renew: bool | None = None
-    contacts: dict[str, Contact] = field(default_factory=dict)  # role → contact, roles of ROLES only
+    roid: str | None
+    statuses: tuple[str, ...]
+    sponsor: str | None                       # clID of the sponsoring client
+    nameservers: tuple[str, ...] = ()         # lower case, no root dot, in the server's order
+    contacts: dict[str, str] = field(default_factory=dict)  # role (ROLES) → handle (the first of a role)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    expires_at: datetime | None = None
+    transferred_at: datetime | None = None
 
 
 @dataclass(frozen=True)
-class DomainList:
-    domains: list[DomainSummary]
-    complete: bool  # as many distinct domains as the registrar said it has (the list did not move meanwhile)
+class PollMessage:
+    """One queued service message (RFC 5730 §2.9.2.3): what it is about and what it says.
+
+    ``kind``: ``transfer`` (a ``domain:trnData``, ``transfer`` holds trStatus, reID, acID …),
+    ``change`` (RFC 8590: ``change`` holds operation, state, date, who, reason; ``info`` the domain
+    as the message describes it), ``pending`` (a ``panData``: an offline outcome), or ``other``."""
+
+    id: str
+    queued_at: datetime | None
+    text: str | None
+    kind: str
+    domain: str | None = None
+    transfer: dict[str, Any] | None = None
+    change: dict[str, Any] | None = None
+    info: DomainInfo | None = None
 
 
-class RegistrarHook(HttpApiHook):
-    """One ``httpx.Client`` per hook (connection reuse across a run's requests); ``close()`` it."""
+@dataclass(frozen=True)
+class UpdateResult:
+    code: int
+    message: str | None
+    server_transaction: str | None
+
+
+class RegistrarHook(BaseHook):
+    """One EPP session per hook, opened at the first command; ``with`` (or ``close()``) logs out."""
 
     conn_name_attr = "registrar_conn_id"
     default_conn_name = "registrar"
-    conn_type = "panelflow_registrar"
-    hook_name = "panelflow domain registrar"
+    conn_type = "panelflow_epp"
+    hook_name = "panelflow registrar (EPP)"
 
-    BASE_URL_NAME = "the registrar API's base URL"
-    USER_AGENT = "panelflow-registrar-sync"
-    DEFAULT_TIMEOUT = 10.0
-    DEFAULT_RETRIES = 4
-    DEFAULT_BACKOFF = 1.0
-    DEFAULT_MAX_RETRY_WAIT = 60.0
-    DEFAULT_PAGE_SIZE = 100
+    DEFAULT_PORT = 700
+    DEFAULT_CONNECT_TIMEOUT = 10.0
+    DEFAULT_READ_TIMEOUT = 30.0
 
-    def __init__(self, registrar_conn_id: str = default_conn_name, *, sleep=time.sleep, **kwargs):
-        super().__init__(registrar_conn_id, sleep=sleep, **kwargs)
-        self._page_size = self.DEFAULT_PAGE_SIZE
+    def __init__(self, registrar_conn_id: str = default_conn_name, **kwargs):
+        super().__init__(**kwargs)
+        self.registrar_conn_id = registrar_conn_id
+        self._client = None
+        self._clid: str | None = None
+        self._tmp: str | None = None
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        from flask_appbuilder.fieldwidgets import BS3TextAreaFieldWidget, BS3TextFieldWidget
+        from flask_babel import lazy_gettext
+        from wtforms import StringField, TextAreaField
+
+        return {
+            "ca_file": StringField(lazy_gettext("Server CA file (PEM path)"), widget=BS3TextFieldWidget()),
+            "ca_pem": TextAreaField(lazy_gettext("Server CA (PEM)"), widget=BS3TextAreaFieldWidget()),
+            "client_cert_file": StringField(lazy_gettext("Client certificate file"), widget=BS3TextFieldWidget()),
+            "client_key_file": StringField(lazy_gettext("Client key file"), widget=BS3TextFieldWidget()),
+            "client_cert_pem": TextAreaField(lazy_gettext("Client certificate (PEM)"), widget=BS3TextAreaFieldWidget()),
+            "client_private_key": TextAreaField(lazy_gettext("Client private key (PEM)"),
+                                                widget=BS3TextAreaFieldWidget()),
+        }
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        return cls._rest_form(hidden=["login"], labels={"password": "API key"}, host="https://api.registrar.example",
-                              extra='{"timeout": 10, "retries": 4, "backoff": 1, "max_retry_wait": 60,'
-                                    ' "page_size": 100}')
+        return {
+            "hidden_fields": ["schema"],
+            "relabeling": {"host": "EPP server", "login": "Client id (clID)", "password": "EPP password"},
+            "placeholders": {"host": "epp.registry.example", "port": "700", "login": "registrar-clid",
+                             "extra": '{"ca_file": "/etc/ssl/certs/registry-ca.pem", "connect_timeout": 10,'
+                                      ' "read_timeout": 30}'},
+        }
 
-    # -- connection -----------------------------------------------------------------------------
+    # -- session --------------------------------------------------------------------------------
 
-    def base_url(self, conn) -> str:
-        return self._api_url(conn)
+    @property
+    def clid(self) -> str:
+        """This account's client id: what ``DomainInfo.sponsor`` is when the domain is ours."""
+        if self._clid is None:
+            self.get_conn()
+        return self._clid
 
-    def _configure(self, conn, extra: dict[str, Any]) -> dict[str, str]:
-        """The API key (a bearer header) and the list's page size."""
-        if not conn.password:
-            raise ValueError(f"connection {self.registrar_conn_id!r} has no password (the API key)")
-        self._page_size = extra_number(self.registrar_conn_id, extra, "page_size", self.DEFAULT_PAGE_SIZE, kind=int,
-                                       minimum=1)
-        return {"Authorization": f"Bearer {conn.password}"}
+    def _pem_file(self, name: str, text: str) -> str:
+        if self._tmp is None:
+            self._tmp = tempfile.mkdtemp(prefix="panelflow-epp-")  # mode 0700
+        path = os.path.join(self._tmp, name)
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+            out.write(text)
+        return path
+
+    def _config(self):
+        from epptools import Config
+
+        cid = self.registrar_conn_id
+        conn = self.get_connection(cid)
+        extra = conn.extra_dejson
+        if not conn.host or not conn.login or not conn.password:
+            raise RegistrarConfigError(f"connection {cid!r} needs a host, a login (the clID) and a password")
+        files: dict[str, str | None] = {}
+        for key, file_key, pem_key in (("ca_file", "ca_file", "ca_pem"),
+                                       ("client_cert", "client_cert_file", "client_cert_pem"),
+                                       ("client_key", "client_key_file", "client_private_key")):
+            if extra.get(pem_key):
+                files[key] = self._pem_file(f"{key}.pem", str(extra[pem_key]))
+            else:
+                files[key] = extra.get(file_key) or None
+            if files[key] is not None and not os.path.isfile(files[key]):
+                raise RegistrarConfigError(f"connection {cid!r}: {file_key} {files[key]!r} is not a readable file")
+        if files["client_key"] and not files["client_cert"]:
+            raise RegistrarConfigError(f"connection {cid!r}: a client key without its certificate")
+        try:
+            timeouts = {"connect_timeout": extra_number(cid, extra, "connect_timeout", self.DEFAULT_CONNECT_TIMEOUT,
+                                                        minimum=0.1),
+                        "read_timeout": extra_number(cid, extra, "read_timeout", self.DEFAULT_READ_TIMEOUT,
+                                                     minimum=1.0)}
+        except ValueError as exc:
+            raise RegistrarConfigError(str(exc)) from None
+        return Config(
+            host=conn.host, port=int(conn.port or self.DEFAULT_PORT), clid=conn.login, password=conn.password,
+            lang=str(extra.get("lang") or "en"), ca_file=files["ca_file"], client_cert=files["client_cert"],
+            client_key=files["client_key"], verify_peer=True, verify_peer_name=True, **timeouts,
+            obj_uris=extra.get("obj_uris") or None, ext_uris=extra.get("ext_uris"), cltrid_prefix="panelflow")
+
+    def get_conn(self):
+        """The logged-in ``epptools.Client`` (connect, read the greeting, login: once per hook)."""
+        if self._client is None:
+            from epptools import Client
+
+            client = None
+            try:
+                config = self._config()
+                client = Client(config)
+                self._call(lambda: (client.connect(), client.login()), "login")
+            except BaseException:
+                if client is not None:
+                    client.disconnect()
+                self.close()  # no socket or PEM file outlives a session that did not open
+                raise
+            self._client, self._clid = client, config.clid
+        return self._client
+
+    def close(self) -> None:
+        """Log out (best effort: the server may already have closed) and drop the PEM files."""
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                if client.is_logged_in():
+                    client.logout()
+            except Exception:  # noqa: BLE001 - a session that cannot log out is closed all the same
+                pass
+            client.disconnect()
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def __enter__(self) -> "RegistrarHook":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def test_connection(self) -> tuple[bool, str]:
-        """Whether the registrar answers and accepts the key (one page of one domain)."""
+        """Whether the server answers over verified TLS and accepts the login."""
         try:
-            self._get("/v1/domains", {"page": 1, "per_page": 1})
-        except (RegistrarError, ValueError) as exc:
+            with self:
+                self.get_conn()
+        except RegistrarError as exc:
             return False, str(exc)
-        return True, "the registrar answered and accepted the key"
+        return True, "the EPP server answered and accepted the login"
 
-    # -- requests -------------------------------------------------------------------------------
+    def _call(self, command, what: str):
+        """Run one epptools command, turning its exceptions into this hook's."""
+        from epptools.exceptions import (
+            AuthenticationException,
+            AuthorizationError,
+            CommandException,
+            ConfigException,
+            ConnectionException,
+            ObjectDoesNotExistError,
+            SessionError,
+            ValidationException,
+        )
 
-    def _get(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The JSON object at ``path``, retrying what is worth retrying."""
-        where = f"registrar {self.registrar_conn_id!r}: GET {path}"
-        return self._with_retries(lambda: self._once(path, params),
-                                  lambda reason: RegistrarUnavailable(f"{where}: {reason}"))
-
-    def _once(self, path: str, params: dict[str, Any] | None) -> dict[str, Any]:
-        response = self._answer("GET", path, params=params)
-        status = response.status_code
-        if status == 200:
-            payload = json_object(response)
-            if payload is None:
-                raise RegistrarResponseError(f"registrar {self.registrar_conn_id!r}: GET {path}: the answer is not"
-                                             " a JSON object")
-            return payload
-        message = error_message(response)
-        where = f"registrar {self.registrar_conn_id!r}: GET {path}: HTTP {status}"
-        if status in (401, 403):
-            raise RegistrarAuthenticationError(f"{where}: the API key was refused ({message})", http_status=status)
-        if status == 404:
-            raise RegistrarNotFound(f"{where}: {message}", http_status=status)
-        raise RegistrarRequestError(f"{where}: {message}", http_status=status)
-
-    # -- the API --------------------------------------------------------------------------------
-
-    def list_domains(self) -> DomainList:
-        """Every domain of the account, page by page (deduplicated by name)."""
-        self.get_conn()
-        per_page = self._page_size
-        seen: dict[str, DomainSummary] = {}
-        page, total = 1, None
-        while page <= MAX_PAGES:
-            payload = self._get("/v1/domains", {"page": page, "per_page": per_page})
-            data, meta = payload.get("data"), payload.get("meta")
-            if not isinstance(data, list) or not isinstance(meta, dict):
-                raise RegistrarResponseError(f"registrar {self.registrar_conn_id!r}: page {page} of the domain list"
-                                             " has no 'data' list or 'meta' object")
-            for item in data:
-                summary = self._summary(item)
-                seen.setdefault(summary.name, summary)
-            total = _int(meta.get("total"))
-            pages = _int(meta.get("total_pages"))
-            if pages is None or page >= pages or not data:
-                break
-            page += 1
-        return DomainList(domains=list(seen.values()), complete=total is not None and len(seen) == total)
-
-    def get_domain(self, name: str) -> DomainDetail:
-        payload = self._get(f"/v1/domains/{quote(name, safe='')}")
-        summary = self._summary(payload)
-        if summary.name != name.lower():
-            raise RegistrarResponseError(f"registrar {self.registrar_conn_id!r}: asked for {name}, got {summary.name}")
-        nameservers = payload.get("nameservers") or []
-        contacts = payload.get("contacts") or {}
-        if not isinstance(nameservers, list) or not isinstance(contacts, dict):
-            raise RegistrarResponseError(f"registrar {self.registrar_conn_id!r}: {name}: 'nameservers' must be a"
-                                         " list and 'contacts' an object")
-        parsed: dict[str, Contact] = {}
-        for role, contact in contacts.items():
-            role = _ROLE_ALIASES.get(str(role).lower())
-            if role is None or not isinstance(contact, dict):
-                continue
-            address = contact.get("address") if isinstance(contact.get("address"), dict) else {}
-            street = address.get("street")
-            if isinstance(street, list):
-                street = "\n".join(str(s) for s in street if s)
-            parsed[role] = Contact(
-                handle=text_value(contact.get("handle") or contact.get("id")), name=text_value(contact.get("name")),
-                organization=text_value(contact.get("organization")), email=text_value(contact.get("email")),
-                phone=text_value(contact.get("phone")), street=text_value(street), city=text_value(address.get("city")),
-                postal_code=text_value(address.get("postal_code")), state=text_value(address.get("state")),
-                country=text_value(address.get("country")))
-        return DomainDetail(
-            name=summary.name, status=summary.status, expires_at=summary.expires_at, updated_at=summary.updated_at,
-            nameservers=tuple(dict.fromkeys(str(n).strip().lower().rstrip(".") for n in nameservers if n)),
-            locked=bool_value(payload.get("locked")), auto_renew=bool_value(payload.get("auto_renew")), contacts=parsed)
-
-    def _summary(self, item: Any) -> DomainSummary:
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not item["name"].strip():
-            raise RegistrarResponseError(f"registrar {self.registrar_conn_id!r}: a domain without a name:"
-                                         f" {item!r:.200}")
+        where = f"registrar {self.registrar_conn_id!r}: {what}"
         try:
-            return DomainSummary(name=item["name"].strip().lower().rstrip("."), status=text_value(item.get("status")),
-                                 expires_at=_time(item.get("expires_at")), updated_at=_time(item.get("updated_at")))
-        except ValueError as exc:
-            raise RegistrarResponseError(f"registrar {self.registrar_conn_id!r}: {item['name']}: {exc}") from exc
+            return command()
+        except ConfigException as exc:
+            raise RegistrarConfigError(f"{where}: {exc}") from exc
+        except ConnectionException as exc:
+            raise RegistrarUnavailable(f"{where}: {exc}") from exc
+        except ValidationException as exc:  # epptools refused to build a frame the schema forbids
+            raise RegistrarRefused(f"{where}: not sent: {exc}", None) from exc
+        except (OSError, ValueError) as exc:  # a CA or key file ssl cannot load
+            raise RegistrarConfigError(f"{where}: {type(exc).__name__}: {exc}") from exc
+        except CommandException as exc:
+            code = exc.epp_code
+            if isinstance(exc, AuthenticationException):
+                raise RegistrarAuthenticationError(f"{where}: the login was refused (EPP {code})", code) from exc
+            if isinstance(exc, ObjectDoesNotExistError):
+                raise RegistrarNotFound(f"{where}: {exc}", code) from exc
+            if isinstance(exc, AuthorizationError):
+                raise RegistrarNotSponsored(f"{where}: {exc}", code) from exc
+            if isinstance(exc, SessionError) or exc.is_retryable():
+                raise RegistrarUnavailable(f"{where}: {exc}") from exc
+            raise RegistrarRefused(f"{where}: {exc}", code) from exc
+
+    # -- commands -------------------------------------------------------------------------------
+
+    def domain_info(self, name: str) -> DomainInfo:
+        client = self.get_conn()
+        response = self._call(lambda: client.domain.info(name, hosts="all"), f"domain:info {name}")
+        info = _domain_info(response)
+        if info.name != name.lower().rstrip("."):
+            raise RegistrarResponseError(f"registrar {self.registrar_conn_id!r}: asked for {name}, got {info.name}")
+        return info
+
+    def contact_info(self, handle: str) -> Contact:
+        client = self.get_conn()
+        response = self._call(lambda: client.contact.info(handle), f"contact:info {handle}")
+        postal = response.postal_info()
+        address = postal.get("int") or postal.get("loc") or {}
+        return Contact(
+            handle=response.object_name() or handle, name=_text(address.get("name")),
+            organization=_text(address.get("org")), email=_text(response.email()), phone=_text(response.voice()),
+            street=_text("\n".join(s for s in address.get("street") or () if s)), city=_text(address.get("city")),
+            postal_code=_text(address.get("pc")), state=_text(address.get("sp")), country=_text(address.get("cc")))
+
+    def ensure_hosts(self, names: list[str]) -> list[str]:
+        """Host objects (RFC 5732) for ``names``, created where the server has none; returns the created.
+
+        A ``domain:update`` may only name host objects that exist; an external name server (outside
+        the registry's zones) is created without addresses, an in-zone one needs glue the panel does
+        not hold, and the server's refusal says so."""
+        wanted = [n.lower().rstrip(".") for n in names]
+        if not wanted:
+            return []
+        client = self.get_conn()
+        answer = self._call(lambda: client.host.check(wanted), "host:check " + " ".join(wanted))
+        available = {k.lower(): v for k, v in answer.availability().items()}
+        created = []
+        for name in wanted:
+            if available.get(name):
+                self._call(lambda name=name: client.host.create(name), f"host:create {name}")
+                created.append(name)
+        return created
+
+    def update_nameservers(self, name: str, add: list[str], remove: list[str]) -> UpdateResult:
+        """``domain:update`` adding and removing ``hostObj`` name servers in one command."""
+        client = self.get_conn()
+        spec: dict[str, Any] = {}
+        if add:
+            spec["add"] = {"ns": list(add)}
+        if remove:
+            spec["remove"] = {"ns": list(remove)}
+        response = self._call(lambda: client.domain.update(name, **spec), f"domain:update {name}")
+        return UpdateResult(response.code(), response.message(), response.sv_trid())
+
+    def poll_request(self) -> PollMessage | None:
+        """The oldest message of this client's queue (``poll op="req"``), or ``None`` (1300: empty).
+
+        The server hands out the same message until :meth:`poll_ack` removes it."""
+        client = self.get_conn()
+        response = self._call(client.poll.request, "poll req")
+        if response.code() == 1300:
+            return None
+        msg_id = response.message_id()
+        if response.code() != 1301 or not msg_id:
+            raise RegistrarResponseError(f"registrar {self.registrar_conn_id!r}: poll req answered {response.code()}"
+                                         " without a message")
+        transfer, change, pending = response.transfer(), response.change(), response.pending_action_data()
+        info = None
+        if change is not None and _has(response, "infData"):
+            info = _domain_info(response)
+        kind = "transfer" if transfer else "change" if change else "pending" if pending else "other"
+        domain = (response.object_name() or (pending or {}).get("object") or None) if kind != "other" else None
+        return PollMessage(
+            id=msg_id, queued_at=_time(response.queue_date()), text=response.queue_message(), kind=kind,
+            domain=domain.lower().rstrip(".") if domain else None,
+            transfer={**transfer, "requested_at": _time(transfer["requested_at"]),
+                      "act_by": _time(transfer["act_by"]), "expiry_date": _time(transfer["expiry_date"])}
+            if transfer else None,
+            change={**change, "date": _time(change["date"])} if change else None, info=info)
+
+    def poll_ack(self, msg_id: str) -> int:
+        """Acknowledge (delete) a message; returns how many are left in the queue."""
+        client = self.get_conn()
+        return self._call(lambda: client.poll.ack(msg_id), f"poll ack {msg_id}").message_count()
 
 
-def _time(value: Any) -> datetime | None:
-    if value in (None, ""):
+def _has(response, local: str) -> bool:
+    data = response.res_data()
+    return data is not None and any(child.tag.rpartition("}")[2] == local for child in data)
+
+
+def _domain_info(response) -> DomainInfo:
+    name = (response.object_name() or "").strip().lower().rstrip(".")
+    if not name:
+        raise RegistrarResponseError("domain:info answered without a domain name")
+    contacts = {"registrant": response.registrant()} if response.registrant() else {}
+    for role, handles in response.contacts().items():
+        role = role.lower()
+        if role in ROLES and handles:
+            contacts.setdefault(role, handles[0])
+    return DomainInfo(
+        name=name, roid=response.roid(), statuses=tuple(sorted(set(response.statuses()))),
+        sponsor=response.sponsor(), nameservers=tuple(dict.fromkeys(n.rstrip(".") for n in response.nameservers())),
+        contacts=contacts, created_at=_time(response.created_date()), updated_at=_time(response.updated_date()),
+        expires_at=_time(response.expiry_date()), transferred_at=_time(response.transfer_date()))
+
+
+def _time(value: str | None) -> datetime | None:
+    """An EPP ``dateTime`` (``2027-04-04T00:00:00.0Z``, or with an offset); ``None`` when absent."""
+    if not value:
         return None
-    if isinstance(value, (int, float)):  # some registrars send epoch seconds
-        return datetime.fromtimestamp(value, tz=timezone.utc)
-    return iso_time(str(value))
+    try:
+        return datetime.fromisoformat(value.strip())
+    except ValueError as exc:
+        raise RegistrarResponseError(f"not an EPP dateTime: {value!r}") from exc
 
 
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+def _text(value: Any) -> str | None:
+    text = str(value).strip() if value is not None else ""
+    return text or None

@@ -1,8 +1,9 @@
 """What every invoicing step agrees on: invoice numbers and tax resolution.
 
 An invoice number is derived, not allocated: ``R20261121-42`` is customer 42's recurring
-invoice for 21 November 2026 (``O`` OCS call bill, ``S`` SIP bill). A rerun computes the same
-number, so the number itself is an idempotency key (the outbox keys invoice mail on it).
+invoice for 21 November 2026 (``O`` OCS call bill, ``S`` SIP bill, ``P`` pay-per-use, ``C`` SSL
+order). A rerun computes the same number, so the number itself is an idempotency key (the outbox
+keys invoice mail on it).
 
 A line's tax rate is the customer's reseller's rate for the customer's country, else the
 provider's rate for that country, else 0 (the provider does not charge tax there).
@@ -11,7 +12,7 @@ provider's rate for that country, else 0 (the provider does not charge tax there
 from __future__ import annotations
 
 
-INVOICE_PREFIX = {"recurring": "R", "ocs": "O", "sip": "S"}
+INVOICE_PREFIX = {"recurring": "R", "ocs": "O", "sip": "S", "ppu": "P", "ssl": "C"}
 
 
 def invoice_number_sql(kind: str, billing_date: str = "%(day)s", customer: str = "c.id") -> str:

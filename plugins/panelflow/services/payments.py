@@ -1,4 +1,4 @@
-"""Payments: charge the billing day's recurring invoices to the customers' saved cards on Stripe, once.
+"""Payments: charge the billing day's invoices (recurring, pay-per-use, SSL) to the saved cards on Stripe, once.
 
 "Once" rests on the payment attempt, not on the run behaving: before any HTTP call the attempt
 row (invoice, attempt number, idempotency key ``pay:<invoice number>:<attempt>``, profile,
@@ -86,7 +86,7 @@ class _Attempt:
 
 _DUE = """
 SELECT i.id FROM invoices i
-WHERE i.kind = 'recurring' AND i.status = 'open' AND i.total > 0
+WHERE i.kind IN ('recurring', 'ppu', 'ssl') AND i.status = 'open' AND i.total > 0
   AND i.billing_date >= %(first_day)s AND i.billing_date < %(end_day)s AND i.id > %(after)s
 ORDER BY i.id LIMIT %(limit)s
 """
@@ -118,7 +118,7 @@ def charge_due_invoices(conn, hook: PaymentGatewayHook, *, first_day: date, end_
                         report: StepReport, max_invoices: int = MAX_INVOICES, batch_size: int = BATCH,
                         in_run_retries: int = IN_RUN_RETRIES, retry_pause: float = RETRY_PAUSE,
                         key_retention: timedelta = KEY_RETENTION) -> dict:
-    """Charge the open recurring invoices billed on ``[first_day, end_day)`` (at most ``max_invoices``).
+    """Charge the open recurring, pay-per-use and SSL invoices billed on ``[first_day, end_day)`` (at most ``max_invoices``).
 
     ``clock`` (the run's data-interval end) dates the decline notices. Counts go to ``report``
     (charged, declined, unresolved, gateway_requests; skips with their reasons) and are returned,

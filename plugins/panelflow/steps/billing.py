@@ -241,7 +241,7 @@ JOIN customers c ON c.id = i.customer_id
 LEFT JOIN payments pay ON pay.invoice_id = i.id
 LEFT JOIN payment_attempts a ON a.id = pay.payment_attempt_id
 LEFT JOIN payment_profiles p ON p.id = a.payment_profile_id
-WHERE i.kind = 'recurring' AND i.billing_date >= %(first)s AND i.billing_date < %(end)s AND i.id > %(after)s
+WHERE i.kind IN ('recurring', 'ppu', 'ssl') AND i.billing_date >= %(first)s AND i.billing_date < %(end)s AND i.id > %(after)s
   AND NOT EXISTS (SELECT 1 FROM email_outbox o WHERE o.dedupe_key = 'invoice:' || i.invoice_number)
 ORDER BY i.id LIMIT %(limit)s
 """

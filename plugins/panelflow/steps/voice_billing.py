@@ -42,48 +42,70 @@ class VoiceProduct:
     records: str  # the usage table
     subscriber: str  # its column naming who made the call
     label: str  # for line descriptions and report messages
-    writes: str  # the product's own rows, a CTE named ``product_rows`` over the day's new invoices
+    writes: str  # the product's own rows: CTEs, the last named ``product_rows``, over the day's new invoices
     written: str  # what those rows are called in the step's summary
 
 
 # Rates each record of one day once, with the reason it cannot be billed (NULL: it can).
 # Validity comes first so a bad record is reported on every run of its day, rerun or not.
+# A day is a million records, so what depends on less than the record is worked out once per what
+# it depends on and hash-joined: a subscription's terms (customer, currency, tax, invoice state)
+# once per subscription, the longest-prefix lookup once per currency and destination.
 _RATE_DAY = """
 CREATE TEMP TABLE rated_calls ON COMMIT DROP AS
-SELECT r.id AS record_id, r.subscription_id, r.{subscriber} AS subscriber, r.destination, r.duration_seconds,
-       c.id AS customer_id, s.currency, tax.rate AS tax_rate,
+WITH day_records AS MATERIALIZED (
+    SELECT r.id, r.subscription_id, r.{subscriber} AS subscriber, r.destination, r.duration_seconds
+    FROM {records} r WHERE r.started_at >= %(day_start)s AND r.started_at < %(day_end)s
+), terms AS MATERIALIZED (
+    SELECT s.id AS subscription_id, c.id AS customer_id, s.currency, tax.rate AS tax_rate,
+           invoiced.id IS NOT NULL AS invoiced,
+           CASE
+               WHEN c.status <> 'active' THEN 'customer not active'
+               WHEN known.code IS NULL THEN 'unknown currency'
+               WHEN s.currency <> c.currency THEN 'subscription currency differs from the customer''s'
+           END AS bad_terms,
+           CASE
+               WHEN invoiced.id IS NOT NULL AND NOT EXISTS (
+                    SELECT 1 FROM invoice_lines l WHERE l.invoice_id = invoiced.id
+                       AND l.subscription_id = s.id AND l.kind = %(line_kind)s)
+                   THEN 'arrived after the customer''s invoice for the day was written'
+               WHEN invoiced.id IS NULL AND EXISTS (
+                    SELECT 1 FROM invoice_lines l WHERE l.subscription_id = s.id AND l.addon_id = 0
+                       AND l.kind = %(line_kind)s AND l.period_start = %(day)s)
+                   THEN 'subscription already billed for the day on another customer''s invoice'
+           END AS billed_state
+    FROM subscriptions s
+    JOIN customers c ON c.id = s.customer_id
+    LEFT JOIN currencies known ON known.code = s.currency
+    {tax_join}
+    LEFT JOIN invoices invoiced ON invoiced.customer_id = c.id AND invoiced.billing_date = %(day)s
+        AND invoiced.kind = %(kind)s
+    WHERE s.id IN (SELECT subscription_id FROM day_records)
+), rates AS MATERIALIZED (
+    SELECT d.currency, d.destination, rate.prefix, rate.per_minute, rate.connection_fee
+    FROM (SELECT DISTINCT t.currency, r.destination
+          FROM day_records r JOIN terms t ON t.subscription_id = r.subscription_id) d
+    LEFT JOIN LATERAL (
+        -- every prefix of the destination, longest first: index probes on (rate_table, currency, prefix)
+        SELECT v.prefix, v.per_minute, v.connection_fee FROM voice_rates v
+        WHERE v.rate_table = %(kind)s AND v.currency = d.currency
+          AND v.prefix IN (SELECT left(d.destination, n) FROM generate_series(0, length(d.destination)) n)
+        ORDER BY length(v.prefix) DESC LIMIT 1) rate ON true
+)
+SELECT r.id AS record_id, r.subscription_id, r.subscriber, r.destination, r.duration_seconds,
+       t.customer_id, t.currency, t.tax_rate,
        ceil(greatest(r.duration_seconds, 0) / 60.0) AS minutes,
        rate.connection_fee + rate.per_minute * ceil(greatest(r.duration_seconds, 0) / 60.0) AS charge,
-       invoiced.id IS NOT NULL AS invoiced,
+       t.invoiced,
        CASE
            WHEN r.duration_seconds < 0 THEN 'negative duration'
-           WHEN c.status <> 'active' THEN 'customer not active'
-           WHEN known.code IS NULL THEN 'unknown currency'
-           WHEN s.currency <> c.currency THEN 'subscription currency differs from the customer''s'
+           WHEN t.bad_terms IS NOT NULL THEN t.bad_terms
            WHEN rate.prefix IS NULL THEN 'no matching rate'
-           WHEN invoiced.id IS NOT NULL AND NOT EXISTS (
-                SELECT 1 FROM invoice_lines l WHERE l.invoice_id = invoiced.id
-                   AND l.subscription_id = r.subscription_id AND l.kind = %(line_kind)s)
-               THEN 'arrived after the customer''s invoice for the day was written'
-           WHEN invoiced.id IS NULL AND EXISTS (
-                SELECT 1 FROM invoice_lines l WHERE l.subscription_id = r.subscription_id AND l.addon_id = 0
-                   AND l.kind = %(line_kind)s AND l.period_start = %(day)s)
-               THEN 'subscription already billed for the day on another customer''s invoice'
+           ELSE t.billed_state
        END AS skip_reason
-FROM {records} r
-JOIN subscriptions s ON s.id = r.subscription_id
-JOIN customers c ON c.id = s.customer_id
-LEFT JOIN currencies known ON known.code = s.currency
-{tax_join}
-LEFT JOIN LATERAL (
-    -- every prefix of the destination, longest first: index probes on (rate_table, currency, prefix)
-    SELECT v.prefix, v.per_minute, v.connection_fee FROM voice_rates v
-    WHERE v.rate_table = %(kind)s AND v.currency = s.currency
-      AND v.prefix IN (SELECT left(r.destination, n) FROM generate_series(0, length(r.destination)) n)
-    ORDER BY length(v.prefix) DESC LIMIT 1) rate ON true
-LEFT JOIN invoices invoiced ON invoiced.customer_id = c.id AND invoiced.billing_date = %(day)s
-    AND invoiced.kind = %(kind)s
-WHERE r.started_at >= %(day_start)s AND r.started_at < %(day_end)s
+FROM day_records r
+JOIN terms t ON t.subscription_id = r.subscription_id
+LEFT JOIN rates rate ON rate.currency = t.currency AND rate.destination = r.destination
 """
 
 # Bounded whatever the number of bad records: a count per reason and the first few examples.
@@ -158,17 +180,18 @@ OCS = VoiceProduct(
 # The payload is what the exporter thread sends to the SIP platform: the day's usage per account.
 SIP = VoiceProduct(
     kind="sip", line_kind="sip_usage", records="sip_usage", subscriber="sip_account", label="SIP usage",
-    writes="""product_rows AS (
+    writes="""accounts AS (
+    SELECT p.subscription_id, jsonb_agg(jsonb_build_object('sip_account', p.subscriber, 'calls', p.calls,
+                                                           'minutes', p.minutes, 'amount', round(p.charge, 4))
+                                        ORDER BY p.subscriber) AS accounts
+    FROM per_subscriber p GROUP BY p.subscription_id
+), product_rows AS (
     INSERT INTO sip_export_tasks (subscription_id, invoice_id, period_date, status, payload)
     SELECT l.subscription_id, i.id, %(day)s, 'pending', jsonb_build_object(
                'subscription_id', l.subscription_id, 'customer_id', l.customer_id,
                'period_date', %(day)s::date, 'invoice_number', i.invoice_number, 'currency', l.currency,
-               'calls', l.calls, 'minutes', l.minutes, 'amount', l.amount,
-               'accounts', (SELECT jsonb_agg(jsonb_build_object('sip_account', p.subscriber, 'calls', p.calls,
-                                                                'minutes', p.minutes, 'amount', round(p.charge, 4))
-                                             ORDER BY p.subscriber)
-                            FROM per_subscriber p WHERE p.subscription_id = l.subscription_id))
-    FROM lines l JOIN new_invoices i USING (customer_id)
+               'calls', l.calls, 'minutes', l.minutes, 'amount', l.amount, 'accounts', a.accounts)
+    FROM lines l JOIN new_invoices i USING (customer_id) LEFT JOIN accounts a USING (subscription_id)
     ON CONFLICT (subscription_id, period_date) DO NOTHING
     RETURNING 1)""",
     written="export_tasks",

@@ -95,7 +95,7 @@ WITH pc AS (
     SELECT s.id, s.customer_id, lower(s.o365_offer_id) AS offer,
            row_number() OVER (PARTITION BY s.customer_id, lower(s.o365_offer_id) ORDER BY s.started_on, s.id) AS n
     FROM subscriptions s JOIN csp_customers c ON c.customer_id = s.customer_id AND c.profile_id = %(profile)s
-    WHERE s.o365_offer_id IS NOT NULL AND s.status <> 'cancelled'
+    WHERE s.o365_offer_id IS NOT NULL AND s.status NOT IN ('cancelled', 'pending')
       AND NOT EXISTS (SELECT 1 FROM o365_subscriptions l WHERE l.panel_subscription_id = s.id)
       AND NOT EXISTS (SELECT 1 FROM o365_orders r WHERE r.subscription_id = s.id AND r.status = 'pending')
 )
@@ -156,7 +156,7 @@ RETURNING kind
 _NO_TENANT = """
 SELECT count(*), (array_agg('subscription ' || s.id || ' of customer ' || s.customer_id ORDER BY s.id))[1:%(keep)s]
 FROM subscriptions s
-WHERE s.o365_offer_id IS NOT NULL AND s.status <> 'cancelled'
+WHERE s.o365_offer_id IS NOT NULL AND s.status NOT IN ('cancelled', 'pending')
   AND NOT EXISTS (SELECT 1 FROM csp_customers c JOIN csp_profiles p ON p.id = c.profile_id AND p.enabled
                   WHERE c.customer_id = s.customer_id)
 """
