@@ -196,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     issuer = TokenIssuer()
     apis = [issuer] + [load(m).from_arguments(a, issuer) for m in modules]
+    graph = next((x for x in apis if type(x).__name__ == "GraphApi"), None)
+    if graph is not None:   # SharePoint Online's routes answer in front of the rest of Graph
+        apis.insert(apis.index(graph), load("graph_sites").SharePointSites(graph))
     sandbox = MicrosoftSandbox(apis, a.host, a.port, a.verbose).start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

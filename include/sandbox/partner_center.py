@@ -23,6 +23,14 @@ Orders are idempotent on ``MS-RequestId`` (as Partner Center documents): the sam
 body answers the first order again (``MS-Idempotent-Replayed: true``) and places nothing; the same
 id with another body is refused (409). Every answer echoes ``MS-RequestId``/``MS-CorrelationId``.
 
+Partner pricing (Microsoft's "Get a price sheet"; the same tokens, as a partner's app+user token would
+be, on this one host where the real API is ``api.partner.microsoft.com``)::
+
+    GET   /v1.0/sales/pricesheets(Market='GB',PricesheetView='updatedlicensebased')/$value?timeline=current
+          the sheet as a CSV file (``text/csv``; columns ``PRICE_SHEET_COLUMNS``): ``timeline`` current (rows
+          in effect by the sandbox's day), future (rows starting later), history (``month=YYYYMM``: rows
+          starting in that month; without ``month`` 400); a market that is not two letters 400
+
 Azure Retail Prices (no auth, as the real one)::
 
     GET /api/retail/prices?$filter=serviceName eq 'Virtual Machines' and armRegionName eq 'uksouth'&currencyCode='GBP'
@@ -39,7 +47,7 @@ retry_after=1)`` (the next ``count`` requests of either API; ``retry_after=None`
 ``issuer.expire_all`` for a token expiring mid-sync), ``lose_next_order_answer()`` (the next order is
 placed but answered 503, as a lost answer), the issuer's ``fail_tenant``/``expire_all``, and data
 changes: ``add_partner``, ``add_customer``, ``add_offer``, ``add_subscription``,
-``update_subscription``, ``renew``, ``set_usage``, ``add_price``. ``requests`` records every API
+``update_subscription``, ``renew``, ``set_usage``, ``add_price``, ``add_price_sheet_row``. ``requests`` records every API
 request (method, path, status, partner, request id); ``orders`` every order actually placed.
 
 On the command line (``python -m sandbox.microsoft --port 8767 …``) it serves demo data:
@@ -54,18 +62,26 @@ from __future__ import annotations
 
 import base64
 import calendar
+import csv
 import hashlib
+import io
 import json
 import os
+import re
 import threading
 import uuid
 from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any, Callable
 from urllib.parse import quote, urlencode
 
 from sandbox.microsoft import Request, Response
 
 PRICES_PATH = "/api/retail/prices"
+PRICE_SHEETS_PATH = "/v1.0/sales/pricesheets("
+PRICE_SHEET_COLUMNS = ("ProductTitle", "ProductId", "SkuId", "SkuTitle", "Publisher", "SkuDescription", "UnitOfMeasure",
+                       "TermDuration", "BillingPlan", "Market", "Currency", "UnitPrice", "PricingTierRangeMin",
+                       "PricingTierRangeMax", "EffectiveStartDate", "EffectiveEndDate", "Tags", "ERP Price", "Segment")
 KINDS = ("customers", "offers", "subscriptions", "skus", "prices")
 ONE_DAY = timedelta(days=1)
 NAMESPACE = uuid.UUID("6f1d7c1e-3c55-4c4f-9d0e-2b8f2a1c9a77")
@@ -118,6 +134,7 @@ class PartnerCenterApi:
         self.today = today                         # new orders' start date (None: the real date)
         self.partners: dict[str, Partner] = {}
         self.prices: list[dict[str, Any]] = []
+        self.price_sheets: dict[tuple[str, str], list[dict[str, str]]] = {}   # (market, view) → rows
         self.requests: list[dict[str, Any]] = []
         self.orders: list[dict[str, Any]] = []     # every order placed: partner, customer, request id, order
         self.lock = threading.RLock()
@@ -351,6 +368,8 @@ class PartnerCenterApi:
             kind = "prices"
         elif req.path.startswith("/v1/"):
             kind = "partner_center"
+        elif req.path.startswith(PRICE_SHEETS_PATH):
+            kind = "price_sheets"
         else:
             return None
         request_id = req.headers.get("MS-RequestId")
@@ -377,7 +396,8 @@ class PartnerCenterApi:
                     resp = _error(403, 900202, f"Tenant {who} is not a Partner Center partner.")
                 else:
                     try:
-                        resp = self._partner_center(req, partner, request_id)
+                        resp = (self._price_sheet(req) if kind == "price_sheets"
+                                else self._partner_center(req, partner, request_id))
                     except (ValueError, KeyError, TypeError) as exc:
                         resp = _error(400, 400, f"The request is not valid: {exc}")
         for name, value in (("MS-RequestId", request_id), ("MS-CorrelationId", correlation)):
@@ -395,6 +415,48 @@ class PartnerCenterApi:
         for _, action in due:
             action()
         return resp
+
+    def add_price_sheet_row(self, market: str, product_id: str, sku_id: str, title: str, currency: str,
+                            erp_price: str, start: date, *, view: str = "updatedlicensebased", end: date | None = None,
+                            term: str = "P1M", billing_plan: str = "Monthly", unit_price: str | None = None,
+                            segment: str = "Commercial") -> dict[str, str]:
+        """A row of the (market, view) price sheet, as the NCE licence-based sheet has it."""
+        row = {"ProductTitle": title.split(" (")[0], "ProductId": product_id, "SkuId": sku_id, "SkuTitle": title,
+               "Publisher": "Microsoft Corporation", "SkuDescription": title, "UnitOfMeasure": "1 License",
+               "TermDuration": term, "BillingPlan": billing_plan, "Market": market, "Currency": currency,
+               "UnitPrice": unit_price or erp_price, "PricingTierRangeMin": "", "PricingTierRangeMax": "",
+               "EffectiveStartDate": f"{start.isoformat()}T00:00:00.0000000Z",
+               "EffectiveEndDate": f"{(end or date(9999, 12, 31)).isoformat()}T23:59:59.9999999Z",
+               "Tags": "License", "ERP Price": erp_price, "Segment": segment}
+        with self.lock:
+            self.price_sheets.setdefault((market, view), []).append(row)
+        return row
+
+    def _price_sheet(self, req: Request) -> Response:
+        m = re.fullmatch(r"/v1\.0/sales/pricesheets\(Market='([^']*)',PricesheetView='([^']*)'\)/\$value",
+                         req.path.replace("%27", "'"))
+        if m is None or req.method != "GET":
+            return _error(404, 404, f"No resource at {req.method} {req.path}.")
+        market, view = m.groups()
+        if not re.fullmatch(r"[A-Za-z]{2}", market):
+            return _error(400, 400, f"Market '{market}' is not a two-letter country code.")
+        timeline, month = req.arg("timeline") or "current", req.arg("month")
+        today = self._today().isoformat()
+        with self.lock:
+            rows = list(self.price_sheets.get((market.upper(), view), []))
+        if timeline == "current":
+            rows = [r for r in rows if r["EffectiveStartDate"][:10] <= today]
+        elif timeline == "future":
+            rows = [r for r in rows if r["EffectiveStartDate"][:10] > today]
+        elif timeline == "history" and month and re.fullmatch(r"\d{6}", month):
+            rows = [r for r in rows if r["EffectiveStartDate"][:7].replace("-", "") == month]
+        else:
+            return _error(400, 400, "timeline must be current, future or history (history with month=YYYYMM).")
+        out = io.StringIO()
+        writer = csv.DictWriter(out, PRICE_SHEET_COLUMNS, lineterminator="\r\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return Response(200, out.getvalue().encode("utf-8-sig"), {"Content-Type": "text/csv"})
 
     # -- Partner Center ---------------------------------------------------------------------------
 
@@ -640,6 +702,18 @@ def demo_prices(api: PartnerCenterApi, count: int = 2500) -> None:
                           meterId=_guid("meter", series, region))
 
 
+def demo_price_sheet(api: PartnerCenterApi, market: str = "GB", currency: str = "GBP") -> None:
+    """The demo offers' monthly prices: in effect since the month began, and a rise from next month for
+    every other offer (so BillingWork has a change to announce)."""
+    first = api._today().replace(day=1)
+    for n, (offer_id, name) in enumerate(DEMO_OFFERS):
+        price = Decimal("4.90") + Decimal("3.70") * n
+        api.add_price_sheet_row(market, offer_id, "0001", name, currency, str(price), first)
+        if n % 2 == 0:
+            api.add_price_sheet_row(market, offer_id, "0001", name, currency, str(price * Decimal("1.05")),
+                                    add_months(first, 1))
+
+
 def add_arguments(parser) -> None:
     g = parser.add_argument_group("Partner Center and Azure Retail Prices (partner_center.py)")
     g.add_argument("--pc-partner-tenants", default="sandbox-partner",
@@ -661,4 +735,5 @@ def from_arguments(args, issuer) -> PartnerCenterApi:
         issuer.register(tenant, args.pc_client_id, secret)
         demo_partner(api, tenant, customers=args.pc_customers, offers=args.pc_offers)
     demo_prices(api, args.retail_prices)
+    demo_price_sheet(api)
     return api

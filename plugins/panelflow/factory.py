@@ -122,6 +122,7 @@ def build_dag(catalog: Catalog, thread: Thread, override: ThreadOverride | None 
     tz = getattr(thread.schedule, "timezone", None) or settings.timezone
     for step in built:
         common = dict(task_display_name=step.seed, timezone=tz, pool=catalog.pool(thread, step), dag=dag, verbose=verbose,
+                      queue=catalog.queue(thread, step),
                       doc_md=f"**Step {step.number}** of {thread.name}: {step.seed}\n\nRuns `{step.run}`"
                              + (f" once per item of `{step.map_over}`." if step.map_over else "."))
         if step.map_over:

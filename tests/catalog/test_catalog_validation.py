@@ -225,3 +225,15 @@ def test_the_dag_file_fails_loudly_on_a_broken_catalog(tmp_path, monkeypatch):
     assert bag.dags == {}
     (err,) = bag.import_errors.values()
     assert "thread SessionsMgtWork, field schedule.every" in err
+
+
+def test_a_step_may_run_on_nodes_of_its_own(tmp_path):
+    """A PowerShell step of a thread on the master node goes to the remoting workers' queue."""
+    body = GOOD_THREAD.replace('        seed: Update session data (expiry).\n',
+                               '        seed: Update session data (expiry).\n        nodes: [remoting]\n')
+    catalog = load_catalog(write(tmp_path, body))
+    thread = catalog.threads[0]
+    expire, history = thread.steps
+    assert catalog.queue(thread, expire) == "remoting" and catalog.queue(thread, history) == "master"
+    msg = only(tmp_path, body.replace("nodes: [remoting]", "nodes: [remotin]"))
+    assert "thread SessionsMgtWork, field steps.expire_sessions.nodes: unknown node 'remotin'" in msg

@@ -81,7 +81,9 @@ def test_dag_attributes_follow_the_catalog(dagbag, catalog):
         prio = catalog.priority(thread)
         for task in dag.tasks:
             assert task.owner == ",".join(catalog.owners(thread))
-            assert task.queue == "+".join(thread.nodes)
+            step = next((s for s in thread.steps if s.id == task.task_id.removesuffix(LIST_SUFFIX)), None)
+            # a step may name nodes of its own (a PowerShell step of a master-node thread); else the thread's
+            assert task.queue == "+".join(step.nodes if step is not None and step.nodes else thread.nodes)
             assert task.priority_weight == 11 - prio
             assert task.retries == (0 if task.task_id == WAIT_TASK_ID else catalog.retries(thread))
             notifiers = [cb for cb in task.on_failure_callback if isinstance(cb, ThreadFailureNotifier)]
@@ -90,7 +92,6 @@ def test_dag_attributes_follow_the_catalog(dagbag, catalog):
             if task.task_id == GUARD_TASK_ID:
                 assert task.pool == "default_pool"   # waiting in queue takes no run-group slot
             elif task.task_id != WAIT_TASK_ID:
-                step = next(s for s in thread.steps if s.id == task.task_id.removesuffix(LIST_SUFFIX))
                 assert task.pool == (step.pool or (thread.run_groups[0] if thread.run_groups else "default_pool"))
                 assert task.pool in catalog.pools() or task.pool == "default_pool"
 
@@ -155,6 +156,8 @@ def test_built_steps_and_their_dags(dagbag):
     assert dagbag.dags["group_action_work_ex"].get_task("process_exchange_group_actions").pool == "group_actions"
     assert dagbag.dags["group_action_work_vps"].get_task("process_vps_group_actions").pool == "group_actions"
     assert dagbag.dags["group_action_work_ex"].get_task("process_exchange_group_actions").queue == "remoting"
+    assert dagbag.dags["provisioning_work"].get_task("update_vm_paths").queue == "remoting"   # a step's own nodes
+    assert dagbag.dags["provisioning_work"].get_task("work_provision").queue == "master"
     # tenants in parallel: one mapped task instance per tenant, listed when the run starts
     sync = dagbag.dags["office365_sync_work"]
     assert steps("office365_sync_work") == {"sync_tenant_entities__items", "sync_tenant_entities"}

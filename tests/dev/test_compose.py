@@ -23,7 +23,7 @@ def test_compose_has_the_components_and_a_worker_per_node():
     catalog = load_catalog()
     workers = {n: s for n, s in services.items() if n.startswith("worker-")}
     assert set(workers) == {f"worker-{node}" for node in catalog.nodes}
-    queues_used = {catalog.queue(t) for t in catalog.live_threads}
+    queues_used = {catalog.queue(t, s) for t in catalog.live_threads for s in t.steps}
     consumed = set()
     for node, svc in ((n.removeprefix("worker-"), s) for n, s in workers.items()):
         queues = svc["command"].split("--queues", 1)[1].split()[0].strip('"').split(",")

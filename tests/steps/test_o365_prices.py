@@ -26,6 +26,7 @@ def price(sql, offer, name, currency, unit_price, effective_from, published_on):
 
 @pytest.fixture
 def world(panel_db, sql):
+    sql("TRUNCATE csp_profiles RESTART IDENTITY CASCADE")   # no CSP profile: no price sheet to import here
     sql("INSERT INTO currencies (code, name) VALUES ('GBP', 'Pound sterling'), ('EUR', 'Euro')")
     provider = one(sql, "INSERT INTO providers (name, billing_email, currency)"
                         " VALUES ('Host Ltd', 'billing@host.example', 'GBP') RETURNING id")

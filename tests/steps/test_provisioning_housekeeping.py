@@ -25,6 +25,7 @@ OWN_TABLES = (
     "customer_contacts", "credentials", "subscription_credit_limits", "csp_trials", "recycle_bin_items",
     "recycle_bin_notices", "recovery_distribution_lists", "recovery_notices", "failure_notices",
     "failure_notice_entries", "registrar_accounts", "registrar_domains", "registrar_domain_contacts",
+    "csp_profiles", "csp_customers", "o365_subscriptions",
 )
 
 
@@ -206,6 +207,22 @@ def test_blank_o365_subscription_names_from_the_price_list(db, sql, migrated_pan
 
 # --- 24 --------------------------------------------------------------------------------------------
 
+def _csp_trials(sql, trials) -> None:
+    """The reconciliation's rows: each panel subscription linked to a Partner Center subscription, a trial
+    (``is_trial``) ending on the given day unless ``trial`` is false (converted to a paid offer)."""
+    profile = sql("INSERT INTO csp_profiles (name, conn_id) VALUES ('CSP', 'pc_a') RETURNING id")[0][0]
+    tenants: dict[int, int] = {}
+    for n, (subscription_id, last_day, trial) in enumerate(trials):
+        cust = sql("SELECT customer_id FROM subscriptions WHERE id = %s", (subscription_id,))[0][0]
+        if cust not in tenants:
+            tenants[cust] = sql("INSERT INTO csp_customers (profile_id, tenant_id, customer_id, first_seen_at)"
+                                " VALUES (%s, %s, %s, %s) RETURNING id", (profile, f"tenant-{cust}", cust, END))[0][0]
+        sql("INSERT INTO o365_subscriptions (csp_customer_id, subscription_id, panel_subscription_id, offer_id,"
+            " quantity, status, is_trial, commitment_end_date, first_seen_at, changed_at)"
+            " VALUES (%s, %s, %s, 'OFFER', 1, 'active', %s, %s, %s, %s)",
+            (tenants[cust], f"pc-sub-{n}", subscription_id, trial, last_day, END, END))
+
+
 def test_expired_csp_trials_are_suspended_once(db, sql):
     cust = customer(sql, "Trial Ltd", "it@trial.example")
     no_mail = customer(sql, "No address Ltd", None)
@@ -215,11 +232,10 @@ def test_expired_csp_trials_are_suspended_once(db, sql):
     s_converted = subscription(sql, cust, offer="E3T")
     s_cancelled = subscription(sql, cust, offer="E3T", status="cancelled")
     s_no_mail = subscription(sql, no_mail, plan="Visio Trial", offer="VT")
-    sql("INSERT INTO csp_trials (subscription_id, trial_ends_at, converted_at) VALUES"
-        " (%s, %s, NULL), (%s, %s, NULL), (%s, %s, NULL), (%s, %s, %s), (%s, %s, NULL), (%s, %s, NULL)",
-        (s_expired, END.subtract(hours=1), s_exact, END, s_future, END.add(minutes=15),
-         s_converted, END.subtract(days=1), END.subtract(days=2), s_cancelled, END.subtract(days=1),
-         s_no_mail, END.subtract(days=3)))
+    today = date(2026, 11, 20)                                   # END is 03:00 UTC on it
+    _csp_trials(sql, [(s_expired, today - timedelta(days=1), True), (s_exact, today - timedelta(days=1), True),
+                      (s_future, today, True), (s_converted, today - timedelta(days=2), False),
+                      (s_cancelled, today - timedelta(days=2), True), (s_no_mail, today - timedelta(days=3), True)])
 
     summary = prov.suspend_expired_csp_trials(db, AT)
 
@@ -230,11 +246,12 @@ def test_expired_csp_trials_are_suspended_once(db, sql):
     assert summary["notices_queued"] == 2 and summary["deferred"] == 0
     assert summary["skipped"] == {"suspended without a notice: customer has no usable e-mail address": 1}
     trials = {r[0]: r[1:] for r in sql("SELECT subscription_id, handled_at, outcome, outbox_key,"
-                                       " backend_job_id IS NOT NULL FROM csp_trials")}
-    assert trials[s_expired] == (END, "suspended", f"csp-trial-suspended:{s_expired}", True)
-    assert trials[s_no_mail] == (END, "suspended", None, True)
-    assert trials[s_cancelled] == (END, "already_inactive", None, False)
-    assert trials[s_future][0] is None and trials[s_converted][0] is None
+                                       " backend_job_id IS NOT NULL, trial_ends_at FROM csp_trials")}
+    assert trials[s_expired] == (END, "suspended", f"csp-trial-suspended:{s_expired}", True,
+                                 pendulum.datetime(2026, 11, 20, tz="UTC"))
+    assert trials[s_no_mail][:4] == (END, "suspended", None, True)
+    assert trials[s_cancelled][:4] == (END, "already_inactive", None, False)
+    assert s_future not in trials and s_converted not in trials
     jobs = sql("SELECT backend, action, status, payload->>'subscription_id', payload->>'reason' FROM group_action_jobs"
                " ORDER BY (payload->>'subscription_id')::bigint")
     assert jobs == [("o365", "suspend_subscription", "pending", str(s), "csp_trial_expired")
@@ -253,17 +270,27 @@ def test_expired_csp_trials_are_suspended_once(db, sql):
     assert again["suspended"] == 0 and again["backend_jobs"] == 0
     assert sql("SELECT status FROM subscriptions WHERE id = %s", (s_expired,)) == [("active",)]
     assert sql("SELECT count(*) FROM group_action_jobs") == [(3,)] and len(outbox(sql)) == 2
-    # … and the next trial to end is suspended when its time comes
-    assert prov.suspend_expired_csp_trials(db, at(minutes=20))["suspended"] == 1
+    # … and the next trial to end is suspended when its last day is over
+    assert prov.suspend_expired_csp_trials(db, at(hours=20, minutes=50))["suspended"] == 0
+    assert prov.suspend_expired_csp_trials(db, at(hours=21))["suspended"] == 1
     assert sql("SELECT status FROM subscriptions WHERE id = %s", (s_future,)) == [("suspended",)]
+
+
+def test_a_trial_row_from_before_0038_is_completed_not_duplicated(db, sql):
+    cust = customer(sql, "Legacy Ltd", "it@legacy.example")
+    sub = subscription(sql, cust, plan="Legacy Trial", offer="LT")
+    sql("INSERT INTO csp_trials (subscription_id, trial_ends_at) VALUES (%s, %s)", (sub, END.subtract(days=9)))
+    _csp_trials(sql, [(sub, date(2026, 11, 18), True)])
+    assert prov.suspend_expired_csp_trials(db, AT)["suspended"] == 1
+    assert sql("SELECT handled_at, outcome, trial_ends_at FROM csp_trials") == [
+        (END, "suspended", pendulum.datetime(2026, 11, 19, tz="UTC"))]
 
 
 def test_csp_trials_bounded_per_run(db, sql, monkeypatch):
     monkeypatch.setattr(prov, "MAX_TRIALS_PER_RUN", 2)
     cust = customer(sql, "Many trials", "it@trial.example")
     subs = [subscription(sql, cust, plan=f"Trial {i}", offer="T") for i in range(5)]
-    for i, s in enumerate(subs):
-        sql("INSERT INTO csp_trials (subscription_id, trial_ends_at) VALUES (%s, %s)", (s, END.subtract(hours=5 - i)))
+    _csp_trials(sql, [(s, date(2026, 11, 10 + i), True) for i, s in enumerate(subs)])
     first = prov.suspend_expired_csp_trials(db, AT)
     assert first["suspended"] == 2 and first["deferred"] == 3
     assert [r[0] for r in sql("SELECT subscription_id FROM csp_trials WHERE handled_at IS NOT NULL ORDER BY 1")] == subs[:2]

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
-from panelflow.catalog.model import Domain, RunGroup, Settings, Thread
+from panelflow.catalog.model import Domain, RunGroup, Settings, Step, Thread
 from panelflow.queues import QUEUES
 from panelflow.step import STEP_INPUTS
 
@@ -127,9 +127,10 @@ class Catalog:
         return thread.run_groups[0] if thread.run_groups else DEFAULT_POOL
 
     @staticmethod
-    def queue(thread: Thread) -> str:
-        """Allowed nodes → one Celery queue; a worker of node X consumes every queue naming X."""
-        return "+".join(thread.nodes)
+    def queue(thread: Thread, step: Step | None = None) -> str:
+        """Allowed nodes → one Celery queue; a worker of node X consumes every queue naming X.
+        A step with nodes of its own runs on those instead of the thread's."""
+        return "+".join(step.nodes if step is not None and step.nodes else thread.nodes)
 
     def pools(self) -> dict[str, dict[str, Any]]:
         """The pools the catalog needs, in ``airflow pools import`` shape."""
@@ -368,6 +369,11 @@ def load_catalog(directory: Path | str | None = None, *, check_steps: bool = Tru
         if t.schedule is not None and t.schedule.kind == "daemon" and t.schedule.queue not in QUEUES:
             problems.append(_fmt(src.file, here("schedule", "queue"), t.name, "schedule.queue",
                                  f"unknown queue {t.schedule.queue!r}; known: {sorted(QUEUES)}"))
+        for k, step in enumerate(t.steps):
+            for j, n in enumerate(step.nodes):
+                if n not in nodes:
+                    problems.append(_fmt(src.file, here("steps", k, "nodes", j), t.name, f"steps.{step.id}.nodes",
+                                         f"unknown node {n!r}; known: {sorted(nodes)}"))
         for k, step in enumerate(t.steps):
             at = lambda *p: here("steps", k, *p)  # noqa: E731
             if step.pool is not None and step.pool != GROUP_ACTIONS_POOL and step.pool not in run_groups:

@@ -123,6 +123,9 @@ class Step(Strict):
     run: str | None = Field(default=None, pattern=r"^panelflow\.steps\.[a-z0-9_.]+\.[a-z_][a-z0-9_]*$")
     after: list[str] = []
     pool: str | None = None
+    # The nodes this step may run on, when not the thread's: a PowerShell step of a thread that
+    # otherwise runs on the master node goes to the remoting workers (its own Celery queue).
+    nodes: list[str] = []
     # A step done once per item (a tenant, a server …): this function lists the items when the
     # run starts, and ``run`` becomes one mapped task instance per item (``item`` input),
     # as many at a time as the step's pool allows.

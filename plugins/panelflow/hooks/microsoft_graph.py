@@ -502,3 +502,23 @@ def forget_cached_tokens(tenant_id: str) -> int:
 
 MicrosoftGraphHook.send = _send
 MicrosoftGraphHook.renew_token = _renew_token
+
+
+# -- usage reports (UsageReportWork) -----------------------------------------------------------------
+
+async def _report_csv(self: MicrosoftGraphHook, url: str) -> str:
+    """A Microsoft 365 usage report (``reports/get…(period='D30')``) as its CSV text.
+
+    Graph answers a report request with ``302 Found`` and a pre-authenticated download URL; the
+    adapter's redirect middleware follows it (and drops the token when the download host is another
+    origin, which needs none), so the same policies as :meth:`MicrosoftGraphHook.get` apply to the
+    request and the answer is the CSV, whose UTF-8 byte-order mark is removed here.
+    """
+    _status, full, content = await self._exchange("GET", url, accept=lambda s: s == 200, name_method=False)
+    try:
+        return content.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise GraphMalformedResponse(f"{self.conn_id}: report {full} is not UTF-8 text ({exc})", url=full) from exc
+
+
+MicrosoftGraphHook.report_csv = _report_csv

@@ -11,7 +11,16 @@ One CSP profile = one partner tenant = one Airflow connection (type ``panelflow_
   ``https://api.partnercenter.microsoft.com/.default``), ``timeout`` (seconds, default 30),
   ``retries`` (attempts per request, default 6), ``backoff`` (first wait in seconds, doubling;
   default 1), ``max_retry_wait`` (the longest wait, also the cap on ``Retry-After``; default 120),
-  ``page_size`` (customers and offers per page, default 100).
+  ``page_size`` (customers and offers per page, default 100), ``pricing_url`` (the partner pricing API,
+  another host: default ``https://api.partner.microsoft.com`` when the connection's host is Partner
+  Center's own, else that host — a sandbox or a proxy serving both) and ``pricing_scope`` (its
+  token's audience, default ``https://api.partner.microsoft.com/.default``).
+
+Price sheets (:meth:`PartnerCenterHook.price_sheet`): Microsoft's "Get a price sheet",
+``GET {pricing_url}/v1.0/sales/pricesheets(Market='{market}',PricesheetView='{view}')/$value``
+(``timeline`` current/history/future, ``month`` YYYYMM for history), answered with the sheet as a CSV
+file. Microsoft documents it for app+user tokens only; a profile whose app is refused there (401/403)
+fails that profile's import, named, like any refused request.
 
 Tokens: client credentials (``POST {authority}/{tenant_id}/oauth2/v2.0/token``), cached on the hook
 until shortly before they expire, then renewed; a 401 from the API renews the token once and
@@ -60,6 +69,8 @@ from panelflow.hooks._http import (
 DEFAULT_BASE_URL = "https://api.partnercenter.microsoft.com"
 DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
 DEFAULT_SCOPE = "https://api.partnercenter.microsoft.com/.default"
+DEFAULT_PRICING_URL = "https://api.partner.microsoft.com"
+DEFAULT_PRICING_SCOPE = "https://api.partner.microsoft.com/.default"
 MAX_PAGES = 100_000
 TOKEN_MARGIN = 120.0  # renew a token this long before it expires (at most half its lifetime)
 
@@ -215,8 +226,8 @@ class PartnerCenterHook(HttpApiHook):
         self._clock = clock
         self._page_size = self.DEFAULT_PAGE_SIZE
         self._token_request: tuple[str, dict[str, str]] | None = None
-        self._access_token: str | None = None
-        self._token_expires = 0.0
+        self._tokens: dict[str, tuple[str, float]] = {}   # scope → (token, renew after)
+        self._pricing: tuple[str | None, str] = (None, DEFAULT_PRICING_SCOPE)
         self.correlation_id = str(uuid.uuid4())
         self.tokens_acquired = 0
 
@@ -247,6 +258,8 @@ class PartnerCenterHook(HttpApiHook):
         self._token_request = (f"{authority}/{quote(tenant, safe='')}/oauth2/v2.0/token", {
             "grant_type": "client_credentials", "client_id": conn.login, "client_secret": conn.password,
             "scope": str(extra.get("scope") or DEFAULT_SCOPE)})
+        self._pricing = (str(extra["pricing_url"]).rstrip("/") if extra.get("pricing_url") else None,
+                         str(extra.get("pricing_scope") or DEFAULT_PRICING_SCOPE))
         self.tenant_id = tenant
         return {}
 
@@ -260,11 +273,15 @@ class PartnerCenterHook(HttpApiHook):
 
     # -- tokens ---------------------------------------------------------------------------------
 
-    def _token(self) -> str:
-        if self._access_token is not None and self._clock() < self._token_expires:
-            return self._access_token
+    def _token(self, scope: str | None = None) -> str:
+        """A token for ``scope`` (default: Partner Center's own API), cached until shortly before it expires."""
         self.get_conn()
         url, form = self._token_request
+        scope = scope or form["scope"]
+        cached = self._tokens.get(scope)
+        if cached is not None and self._clock() < cached[1]:
+            return cached[0]
+        form = {**form, "scope": scope}
         where = f"Partner Center connection {self.partner_center_conn_id!r}: sign-in to tenant {self.tenant_id}"
         response = self._with_retries(lambda: self._answer("POST", url, data=form), self._unavailable(where))
         payload = json_object(response)
@@ -284,8 +301,7 @@ class PartnerCenterHook(HttpApiHook):
             mask_secret(token)
         except Exception:  # pragma: no cover - masking is a safeguard, not a precondition
             pass
-        self._access_token = token
-        self._token_expires = self._clock() + lifetime - min(TOKEN_MARGIN, lifetime / 2)
+        self._tokens[scope] = (token, self._clock() + lifetime - min(TOKEN_MARGIN, lifetime / 2))
         self.tokens_acquired += 1
         return token
 
@@ -308,10 +324,12 @@ class PartnerCenterHook(HttpApiHook):
         return uri if uri.startswith("/v1/") else "/v1" + uri
 
     def request(self, method: str, path: str, *, what: str, params: dict[str, Any] | None = None,
-                body: Any = None, headers: dict[str, str] | None = None):
-        """The 2xx answer to ``method path`` (a token renewed once on a 401; throttling retried)."""
+                body: Any = None, headers: dict[str, str] | None = None, pricing: bool = False):
+        """The 2xx answer to ``method path`` (a token renewed once on a 401; throttling retried).
+        ``pricing``: ``path`` is on the partner pricing API (``pricing_url``, its own token audience)."""
         self.get_conn()
-        url = self._url(path)
+        url = self._pricing_url() + path if pricing else self._url(path)
+        scope = self._pricing[1] if pricing else None
         where = f"Partner Center connection {self.partner_center_conn_id!r}: {what} ({method} {url.split('?')[0]})"
         extra_headers = {"MS-CorrelationId": self.correlation_id, **(headers or {})}
         renewed = False
@@ -320,12 +338,12 @@ class PartnerCenterHook(HttpApiHook):
             nonlocal renewed
             while True:
                 request_headers = {"MS-RequestId": str(uuid.uuid4()), **extra_headers,
-                                   "Authorization": f"Bearer {self._token()}"}
+                                   "Authorization": f"Bearer {self._token(scope)}"}
                 response = self._send(self._client, method, url, params=params, headers=request_headers,
                                       **({"json": body} if body is not None else {}))
                 if response.status_code == 401 and not renewed:
                     renewed = True  # expired or revoked meanwhile: one new token, then the same request
-                    self._access_token = None
+                    self._tokens.pop(scope or self._token_request[1]["scope"], None)
                     continue
                 self._raise_if_busy(response)
                 return response
@@ -452,6 +470,25 @@ class PartnerCenterHook(HttpApiHook):
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise PartnerCenterResponseError(f"Partner Center connection {self.partner_center_conn_id!r}: {what}:"
                                              f" {exc}") from None
+
+
+    def _pricing_url(self) -> str:
+        if self._pricing[0]:
+            return self._pricing[0]
+        return DEFAULT_PRICING_URL if self.base_url.rstrip("/") == DEFAULT_BASE_URL else self.base_url.rstrip("/")
+
+    def price_sheet(self, market: str, view: str = "updatedlicensebased", *, timeline: str = "current",
+                    month: str | None = None) -> bytes:
+        """Microsoft's price sheet for ``market`` (ISO 3166 alpha-2) and ``view``, as the CSV file it is."""
+        what = f"price sheet {view} for {market} ({timeline}{' ' + month if month else ''})"
+        params = {"timeline": timeline, **({"month": month} if month else {})}
+        path = (f"/v1.0/sales/pricesheets(Market='{quote(market, safe='')}',"
+                f"PricesheetView='{quote(view, safe='')}')/$value")
+        response = self.request("GET", path, what=what, params=params, pricing=True)
+        if "json" in response.headers.get("Content-Type", "") or not response.content:
+            raise PartnerCenterResponseError(f"Partner Center connection {self.partner_center_conn_id!r}: {what}:"
+                                             " the answer is not a price sheet file")
+        return response.content
 
 
 # -- parsing --------------------------------------------------------------------------------------

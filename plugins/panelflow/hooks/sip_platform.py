@@ -586,15 +586,20 @@ class SipPlatformHook(BaseHook):
         return counts
 
     def live_calls_by_company(self) -> dict[str, int]:
-        """Caller domain → its calls up now (early and confirmed dialogs)."""
-        return self._profile_counts(self._read_settings()["company_profile"])
+        """Caller domain → its calls up now (early and confirmed dialogs). The config counts the
+        domain as the caller wrote it; domains compare case-insensitively, so the hook folds case."""
+        out: dict[str, int] = {}
+        for domain, n in self._profile_counts(self._read_settings()["company_profile"]).items():
+            out[domain.lower()] = out.get(domain.lower(), 0) + n
+        return out
 
     def live_calls_by_subscriber(self) -> dict[tuple[str, str], int]:
         """(domain, username) → calls up now that the subscriber placed."""
         out: dict[tuple[str, str], int] = {}
         for value, n in self._profile_counts(self._read_settings()["subscriber_profile"]).items():
             username, _, domain = value.rpartition("@")
-            out[(domain, username)] = out.get((domain, username), 0) + n
+            key = (domain.lower(), username)
+            out[key] = out.get(key, 0) + n
         return out
 
 

@@ -1,4 +1,20 @@
-"""BillingWork's O365 price update notifications.
+"""BillingWork's O365 price update notifications, and the price lists they compare: Partner Center's price sheets.
+
+Where the prices come from. The step first imports Microsoft's price sheets (Partner Center's "Get a
+price sheet", the new-commerce licence-based view) into ``o365_price_lists``: for each market an
+enabled CSP profile sells in (``csp_profiles.country``; the lowest-id profile reads it), the
+``current`` and the ``future`` sheet. A sheet is imported once per version — its content's SHA-256
+in ``o365_price_sheets`` — so a rerun or an unchanged sheet writes nothing. A row becomes a price
+of offer ``ProductId:SkuId`` (the panel's ``o365_offer_id``) named by its ``SkuTitle``, in its
+``Currency``, at its ``ERP Price`` (Microsoft's estimated retail price: what customers are billed,
+not the partner's cost) from its ``EffectiveStartDate``; only the monthly-billed, one-month-term
+commercial rows are kept (``o365_price_term``, ``o365_price_billing_plan``, ``o365_price_segment``
+params), one per offer, currency and start. ``published_on`` is the first day the run covers, so
+the same run announces it. A revised price for a start already stored replaces it. Rows without
+a product, SKU, currency, price or start are counted and skipped. A market whose sheet cannot be
+read is reported and the others imported; when none can be, the task fails after the notices are
+written (they only need what is stored). One market per currency is assumed (the list has no
+market column).
 
 Microsoft publishes price lists ahead of the date they take effect; a customer hears about every
 change to an offer it subscribes to once, in one message per price-list day. A price counts as
@@ -13,10 +29,13 @@ sends the notice.
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import io
 import json
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 
-from panelflow.step import StepReport
+from panelflow.step import StepReport, for_each
 from panelflow.services.outbox import enqueue
 
 TEMPLATE = "o365_price_update"
@@ -97,14 +116,129 @@ def _mail_context(name: str, published_on, changes_json: str) -> dict:
     }
 
 
-def o365_price_update_notifications(panel_db, interval) -> dict:
-    """Generates O365 price update notifications: for the price lists published on the run's
-    days, one notice (and e-mail) per customer and list listing every change to its offers."""
+# --- the price sheets ----------------------------------------------------------------------------
+
+PRICE_SHEET_VIEW = "updatedlicensebased"
+TIMELINES = ("current", "future")
+MAX_SHEET_ROWS = 200_000          # a sheet beyond this is refused, not half-imported
+
+_MARKETS = """
+SELECT DISTINCT ON (country) country, conn_id FROM csp_profiles WHERE enabled ORDER BY country, id
+"""
+
+_NEW_SHEET = """
+INSERT INTO o365_price_sheets (market, view, sha256, profile_id, price_rows, imported_at)
+SELECT %(market)s, %(view)s, %(sha)s, (SELECT id FROM csp_profiles WHERE conn_id = %(conn)s), %(rows)s, %(at)s
+ON CONFLICT (market, view, sha256) DO NOTHING
+RETURNING id
+"""
+
+_UPSERT_PRICES = """
+INSERT INTO o365_price_lists AS p (offer_id, offer_name, currency, unit_price, effective_from, published_on,
+                                   price_sheet_id)
+SELECT offer_id, offer_name, currency, unit_price, effective_from, %(published)s, %(sheet)s
+FROM jsonb_to_recordset(%(rows)s::jsonb)
+    AS x(offer_id text, offer_name text, currency text, unit_price numeric, effective_from date)
+ON CONFLICT (offer_id, currency, effective_from) DO UPDATE
+SET offer_name = EXCLUDED.offer_name, unit_price = EXCLUDED.unit_price, published_on = EXCLUDED.published_on,
+    price_sheet_id = EXCLUDED.price_sheet_id
+WHERE (p.offer_name, p.unit_price) IS DISTINCT FROM (EXCLUDED.offer_name, EXCLUDED.unit_price)
+RETURNING (p.xmax = 0) AS inserted
+"""
+
+
+class PriceSheetsUnreachable(RuntimeError):
+    """No market's price sheet could be read: the task fails (after the notices), Airflow retries it."""
+
+
+def _decimal(text: str) -> Decimal:
+    try:
+        return Decimal(text.strip())
+    except InvalidOperation:
+        raise ValueError(f"ERP Price {text!r} is not a number") from None
+
+
+def _price_rows(content: bytes, params: dict, report: StepReport, where: str) -> list[dict]:
+    """The sheet's kept rows, one per (offer, currency, start): the first the sheet lists."""
+    want = (params.get("o365_price_term", "P1M"), params.get("o365_price_billing_plan", "Monthly"),
+            params.get("o365_price_segment", "Commercial"))
+    kept: dict[tuple, dict] = {}
+    for n, row in enumerate(csv.DictReader(io.StringIO(content.decode("utf-8-sig"))), start=2):
+        if n > MAX_SHEET_ROWS:
+            raise ValueError(f"{where}: more than {MAX_SHEET_ROWS} rows")
+        if (row.get("TermDuration"), row.get("BillingPlan"), row.get("Segment")) != want:
+            continue
+        try:
+            product, sku = row["ProductId"].strip(), row["SkuId"].strip()
+            currency, start = row["Currency"].strip().upper(), row["EffectiveStartDate"].strip()[:10]
+            price = _decimal(row["ERP Price"])
+            if not (product and sku and len(currency) == 3 and len(start) == 10 and price >= 0):
+                raise ValueError("a product, SKU, currency, start or price is missing")
+        except (KeyError, AttributeError, ValueError) as exc:
+            report.skip("price sheet row unusable", f"{where} line {n}: {exc}")
+            continue
+        key = (f"{product}:{sku}", currency, start)
+        if key in kept:
+            report.add("price_rows_duplicate")
+            continue
+        name = (row.get("SkuTitle") or row.get("ProductTitle") or key[0]).strip()
+        kept[key] = {"offer_id": key[0], "offer_name": name,
+                     "currency": currency, "unit_price": str(price), "effective_from": start}
+    return list(kept.values())
+
+
+def import_price_sheets(conn, interval, params: dict, report: StepReport, log) -> None:
+    """Each market's current and future price sheet into ``o365_price_lists``, once per sheet version."""
+    from airflow.exceptions import AirflowException
+
+    from panelflow.hooks.partner_center import PartnerCenterError, PartnerCenterHook
+
+    report.zero("price_sheets_read", "price_sheets_unchanged", "prices_added", "prices_changed")
+    published, _ = interval.days()
+
+    def work(market: tuple[str, str]) -> None:
+        country, conn_id = market
+        hook = PartnerCenterHook(conn_id)
+        try:
+            for timeline in TIMELINES:
+                content = hook.price_sheet(country, PRICE_SHEET_VIEW, timeline=timeline)
+                where = f"{country} {PRICE_SHEET_VIEW} {timeline}"
+                rows = _price_rows(content, params, report, where)
+                report.add("price_sheets_read")
+                with conn.transaction():  # the sheet's version and its prices together, or neither
+                    sheet = conn.execute(_NEW_SHEET, {"market": country, "view": PRICE_SHEET_VIEW,
+                                                      "sha": hashlib.sha256(content).hexdigest(), "conn": conn_id,
+                                                      "rows": len(rows), "at": interval.end}).fetchone()
+                    if sheet is None:
+                        report.add("price_sheets_unchanged")
+                        continue
+                    written = conn.execute(_UPSERT_PRICES, {"rows": json.dumps(rows), "published": published,
+                                                            "sheet": sheet[0]}).fetchall()
+                report.add("prices_added", sum(1 for (i,) in written if i))
+                report.add("prices_changed", sum(1 for (i,) in written if not i))
+        finally:
+            hook.close()
+
+    for_each(conn.execute(_MARKETS).fetchall(), work, report=report, kind="market", name=lambda m: m[0],
+             expected=(PartnerCenterError, AirflowException, ValueError, UnicodeDecodeError), log=log,
+             what="price sheet market",
+             everything_failed=PriceSheetsUnreachable)
+
+
+def o365_price_update_notifications(panel_db, interval, params=None, log=None) -> dict:
+    """Generates O365 price update notifications: Partner Center's price sheets imported first (see the
+    module's doc), then for the price lists published on the run's days, one notice (and e-mail) per
+    customer and list listing every change to its offers."""
     first, end = interval.days()
     days = {"first": first, "end": end}
     report = StepReport()
+    unreachable = None
     with panel_db.get_conn() as conn:
         conn.autocommit = True
+        try:
+            import_price_sheets(conn, interval, params or {}, report, log)
+        except PriceSheetsUnreachable as exc:
+            unreachable = exc
         with conn.transaction():  # notices and their e-mails together, or neither
             conn.execute(_NOTICES, days)
             prices, notices, already = conn.execute(_TALLY, days).fetchone()
@@ -121,4 +255,6 @@ def o365_price_update_notifications(panel_db, interval) -> dict:
     report.add("already_notified", already)
     report.add("notifications", len(written))
     report.add("emails_queued", queued)
+    if unreachable is not None:
+        raise unreachable
     return report.as_dict()

@@ -24,11 +24,15 @@ is processed. What each step decides, precisely:
   blank plan gets the offer's name from ``o365_price_lists`` as published by the run's day — the
   subscription's currency first, then the price effective on that day (else the next one).
   Reported: an offer the price list does not have.
-- ``suspend_expired_csp_trials`` (24): a CSP trial (``csp_trials``) whose end is at or before the
-  clock, not converted, is acted on once: an active subscription is suspended, an O365/CSP group
-  action job is queued to suspend it at Microsoft, and the customer gets one notice; a subscription
-  already suspended or cancelled is only recorded (``already_inactive``), so a later reactivation
-  by staff is not undone. Reported: a customer without a usable address (suspended, no notice).
+- ``suspend_expired_csp_trials`` (24): which subscriptions are CSP trials and when they end is
+  Partner Center's, as ReconciliateO365SubsWork writes it: a panel subscription linked to an
+  ``o365_subscriptions`` row with ``is_trial`` whose ``commitment_end_date`` (the trial's last
+  day, UTC) has passed at the clock. Each is acted on once (the ``csp_trials`` row is the record):
+  an active subscription is suspended, an O365/CSP group action job is queued to suspend it at
+  Microsoft, and the customer gets one notice; a subscription already suspended or cancelled is
+  only recorded (``already_inactive``), so a later reactivation by staff is not undone. A trial
+  converted to a paid offer is no longer ``is_trial`` at Partner Center and is never due.
+  Reported: a customer without a usable address (suspended, no notice).
 - ``merge_addons`` (28): the active add-ons of a subscription that is not cancelled, with the same
   name (compared trimmed, case-insensitively) and the same price, become one: the oldest (lowest
   id) carries the summed quantity, the others are cancelled with ``merged_into`` naming it and
@@ -251,28 +255,42 @@ MAX_TRIALS_PER_RUN = 500
 CSP_TRIAL_TEMPLATE = "csp_trial_suspended"
 CSP_SUSPEND_BACKEND = "o365"  # Office365Work's O365/CSP group-action queue
 
+# A trial ends when its last day (Partner Center's commitmentEndDate, UTC) is over. A row of csp_trials not
+# yet handled (left from before 0038) is completed, not duplicated.
+_TRIALS_DUE = """
+    SELECT s.id AS subscription_id, s.status AS was, s.customer_id, s.o365_offer_id,
+           ((o.commitment_end_date + 1)::timestamp AT TIME ZONE 'UTC') AS trial_ends_at,
+           coalesce(nullif(btrim(s.plan), ''), 'subscription ' || s.id) AS plan
+    FROM o365_subscriptions o JOIN subscriptions s ON s.id = o.panel_subscription_id
+    WHERE o.is_trial AND o.commitment_end_date < (%(at)s AT TIME ZONE 'UTC')::date
+      AND NOT EXISTS (SELECT 1 FROM csp_trials t WHERE t.subscription_id = s.id AND t.handled_at IS NOT NULL)"""
+
 _EXPIRE_TRIALS = f"""
 WITH due AS (
-    SELECT t.subscription_id, s.status AS was, s.customer_id, s.o365_offer_id, t.trial_ends_at,
-           coalesce(nullif(btrim(s.plan), ''), 'subscription ' || s.id) AS plan
-    FROM csp_trials t JOIN subscriptions s ON s.id = t.subscription_id
-    WHERE t.handled_at IS NULL AND t.converted_at IS NULL AND t.trial_ends_at <= %(at)s
-    ORDER BY t.trial_ends_at, t.subscription_id
+    SELECT * FROM ({_TRIALS_DUE}
+    ) d
+    ORDER BY trial_ends_at, subscription_id
     LIMIT %(limit)s
-    FOR UPDATE OF t, s SKIP LOCKED
+), locked AS (
+    SELECT due.subscription_id, s.status AS was, due.customer_id, due.o365_offer_id, due.trial_ends_at, due.plan
+    FROM due JOIN subscriptions s ON s.id = due.subscription_id
+    FOR UPDATE OF s SKIP LOCKED
 ), suspended AS (
-    UPDATE subscriptions s SET status = 'suspended' FROM due
-    WHERE s.id = due.subscription_id AND due.was = 'active'
+    UPDATE subscriptions s SET status = 'suspended' FROM locked
+    WHERE s.id = locked.subscription_id AND locked.was = 'active'
     RETURNING s.id
 ), handled AS (
-    UPDATE csp_trials t SET handled_at = %(at)s,
-           outcome = CASE WHEN due.was = 'active' THEN 'suspended' ELSE 'already_inactive' END
-    FROM due WHERE t.subscription_id = due.subscription_id
+    INSERT INTO csp_trials AS t (subscription_id, trial_ends_at, handled_at, outcome)
+    SELECT subscription_id, trial_ends_at, %(at)s, CASE WHEN was = 'active' THEN 'suspended' ELSE 'already_inactive' END
+    FROM locked
+    ON CONFLICT (subscription_id) DO UPDATE
+    SET trial_ends_at = EXCLUDED.trial_ends_at, handled_at = EXCLUDED.handled_at, outcome = EXCLUDED.outcome
+    WHERE t.handled_at IS NULL
     RETURNING t.subscription_id, t.outcome
 )
 SELECT h.subscription_id, h.outcome, d.plan, d.o365_offer_id, d.trial_ends_at, c.id, c.name, btrim(c.email),
        {MAILABLE}, p.name, (SELECT count(*) FROM suspended)
-FROM handled h JOIN due d USING (subscription_id) JOIN customers c ON c.id = d.customer_id
+FROM handled h JOIN locked d USING (subscription_id) JOIN customers c ON c.id = d.customer_id
 JOIN providers p ON p.id = c.provider_id
 ORDER BY h.subscription_id
 """
@@ -312,8 +330,7 @@ def suspend_expired_csp_trials(panel_db, interval) -> dict:
                                 f"subscription {subscription_id} (customer {customer_id})")
                 conn.execute("UPDATE csp_trials SET outbox_key = %s, backend_job_id = %s WHERE subscription_id = %s",
                              (key, job_id, subscription_id))
-        (left,) = conn.execute("SELECT count(*) FROM csp_trials WHERE handled_at IS NULL AND converted_at IS NULL"
-                               " AND trial_ends_at <= %s", (at,)).fetchone()
+        (left,) = conn.execute(f"SELECT count(*) FROM ({_TRIALS_DUE}) d", {"at": at}).fetchone()
     report.add("deferred", left)  # locked by another transaction, or beyond this run's bound
     return report.as_dict()
 

@@ -214,6 +214,7 @@ def _bill_day(conn, product: VoiceProduct, day: date, zone: ZoneInfo, report: St
         number=sql.SQL(invoice_number_sql(product.kind, "%(day)s", "l.customer_id")),
         product_writes=sql.SQL(product.writes))
     with conn.transaction():
+        conn.execute("SET LOCAL work_mem = '64MB'")  # a day's sorts and hash tables stay in memory
         conn.execute(rate_day, params)
         report.skip_grouped(conn.execute(_SKIPPED, params).fetchall())
         already_billed, unanswered = conn.execute(_TALLY).fetchone()

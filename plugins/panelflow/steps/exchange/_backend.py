@@ -224,3 +224,39 @@ def due_by_server(conn, sql: str, args: tuple, report: StepReport, server_column
     for row in rows:
         by_server[row[server_column]].append(row)
     return by_server
+
+
+# -- hosted organisations: the completions' per-tenant loop ---------------------------------------------
+
+class MailboxHome(Record):
+    """Where a mailbox lives, as Get-Mailbox names it: what the location sync and the usage report share."""
+
+    ExchangeGuid: UUID
+    PrimarySmtpAddress: str
+    Database: str | None = None
+    DatabaseGuid: UUID | None = None
+
+
+@dataclass(frozen=True)
+class Organization:
+    """An ``exchange_organizations`` row: a hosted tenant, its OU and the server its cmdlets run on."""
+
+    exchange_server_id: int
+    id: int
+    name: str
+    organizational_unit: str
+    subscription_id: int | None
+
+
+def each_organization(conn, sql: str, args: tuple, report: StepReport, log,
+                      work: Callable[[PowerShellHook, Organization], None]) -> None:
+    """``work(hook, organization)`` for the organisations ``sql`` selects (``Organization``'s columns,
+    ordered), opening only their servers, one PowerShell session per server; a server that fails is
+    skipped under :func:`each_server`'s rule with its organisations."""
+    by_server = due_by_server(conn, sql, args, report, 0, key="organizations")
+
+    def per_server(server: ExchangeServer, hook: PowerShellHook) -> None:
+        for row in by_server[server.id]:
+            work(hook, Organization(*row))
+
+    each_server(exchange_servers(conn, by_server), report, log, per_server)

@@ -342,11 +342,23 @@ class _ExchangeJobs:
                                                        "KeepADUser": p.flag("keep_ad_user", False),
                                                        "Confirm": False}), script)
         guid = str(out.ExchangeGuid) if out.ExchangeGuid else m["exchange_guid"]
-        self.conn.execute(
-            "UPDATE exchange_mailboxes SET status = 'recycle_bin', previous_status = NULL, status_changed_at = %(at)s,"
-            " last_error = NULL, deleted_at = coalesce(deleted_at, %(at)s), exchange_guid = %(guid)s::uuid,"
-            " database = coalesce(%(db)s, database) WHERE id = %(id)s",
-            {"at": self.at, "guid": guid, "db": out.Database, "id": m["id"]})
+        from .recycle_bin import RECYCLE_DAYS
+
+        # The customer's recycle-bin item (ProvisioningWork 41 sends its notices) is written with the
+        # mailbox's new status or not at all; one per mailbox in the bin, so a re-taken job adds none.
+        with self.conn.transaction():
+            self.conn.execute(
+                "UPDATE exchange_mailboxes SET status = 'recycle_bin', previous_status = NULL, status_changed_at = %(at)s,"
+                " last_error = NULL, deleted_at = coalesce(deleted_at, %(at)s), exchange_guid = %(guid)s::uuid,"
+                " database = coalesce(%(db)s, database) WHERE id = %(id)s",
+                {"at": self.at, "guid": guid, "db": out.Database, "id": m["id"]})
+            self.conn.execute(
+                "INSERT INTO recycle_bin_items (customer_id, kind, name, deleted_at, purge_at, exchange_mailbox_id)"
+                " SELECT o.customer_id, 'mailbox', m.primary_smtp_address, m.deleted_at,"
+                " m.deleted_at + make_interval(days => %(days)s), m.id FROM exchange_mailboxes m"
+                " JOIN exchange_organizations o ON o.id = m.organization_id WHERE m.id = %(id)s AND o.customer_id IS NOT NULL"
+                " ON CONFLICT (exchange_mailbox_id) WHERE exchange_mailbox_id IS NOT NULL DO NOTHING",
+                {"id": m["id"], "days": RECYCLE_DAYS})
         return {"mailbox_id": m["id"], "exchange_guid": guid, "removed": out.Removed, "already_absent": out.AlreadyAbsent}
 
     def convert_mailbox(self, m: dict, p: Payload) -> dict:

@@ -292,3 +292,12 @@ def for_each_host(conn, targets: list[Host], task: str, at: datetime, report: St
     if log is not None and summary["skipped"]:
         log.warning("%s: %s", task, summary["skipped"])
     return summary
+
+
+class VMPathsRecord(_Record):
+    """Where a VM keeps its files now (``hyperv/get_vm_paths``): its folder and each slot's disk."""
+
+    Id: uuid.UUID
+    Name: str | None = None
+    Path: str | None = None
+    Disks: list[DiskRecord] = []

@@ -5,7 +5,9 @@ row's ``server_stats`` / ``server_volume_stats`` / ``server_services`` (the moni
 as ServerStatsWork writes them: :mod:`panelflow.services.server_samples`), the hypervisor's run time
 → ``hyperv_host_stats``, and every VM's CPU/memory/uptime → ``hyperv_vm_stats``, all keyed by the
 run's clock, so a rerun of the same run adds nothing. A VM the inventory has not seen yet gets no
-sample (it has no row to key it by); it is named in the summary.
+sample (it has no row to key it by); it is named in the summary. Then each VPS subscription's
+usage samples (``vps_processors``, ``vps_memory``, ``disk_space``) from this run's VM samples
+(:mod:`.usage_samples`), which QuotaOverUsedWork and pay-per-use read.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from panelflow.hooks.powershell import parse_records
 from panelflow.services.server_samples import MIB, SCRIPT, parse_sample, write_server_sample
 from panelflow.steps.hyperv._backend import (Host, HypervisorStatsRecord, VMStatsRecord, for_each_host, host_report,
                                              hosts, one)
+from panelflow.steps.hyperv.usage_samples import write_vps_usage_samples
 
 _HOST_STATS = """
 INSERT INTO hyperv_host_stats (host_id, sampled_at, cpu_percent, hypervisor_run_time_percent, memory_total_mb,
@@ -83,4 +86,5 @@ def sync_server_resource_stats(panel_db, interval, log=None) -> dict:
             for name in unknown or []:
                 report.skip("VM not in the inventory yet (no sample kept)", f"host {host.name} VM {name}")
 
-        return for_each_host(conn, hosts(conn), "server_resource_stats", at, report, log, work)
+        summary = for_each_host(conn, hosts(conn), "server_resource_stats", at, report, log, work)
+        return {**summary, **write_vps_usage_samples(conn, at)}

@@ -74,12 +74,13 @@ ON CONFLICT DO NOTHING
 """
 
 # One more pass over the staged records: how many were valid, and the others by reason (bounded).
-_TALLY = f"""
+# Only the skipped records are grouped and sorted (for their examples); the rest is read - skipped.
+_SKIPPED = f"""
 SELECT skip_reason, count(*),
        (array_agg('call ' || coalesce(nullif(callid, ''), '(none)') || ' from ' || coalesce(caller, '') || '@'
-                  || coalesce(caller_domain, '') ORDER BY started_at, callid)
-            FILTER (WHERE skip_reason IS NOT NULL))[1:%(keep)s]
+                  || coalesce(caller_domain, '') ORDER BY started_at, callid))[1:%(keep)s]
 FROM (SELECT i.callid, i.caller, i.caller_domain, i.started_at, {_SKIP_REASON} AS skip_reason {_CALLER}) staged
+WHERE skip_reason IS NOT NULL
 GROUP BY skip_reason
 """
 
@@ -94,16 +95,15 @@ def import_sip_call_records(panel_db, interval, params=None, log=None) -> dict:
             conn.execute("SET LOCAL work_mem = '64MB'")   # the joins' hash tables of a big platform stay in memory
             conn.execute(_STAGE)
             with conn.cursor().copy("COPY sip_calls_in FROM STDIN") as copy:
-                hook.copy_call_records(interval.start, interval.end, copy.write)
+                read = hook.copy_call_records(interval.start, interval.end, copy.write)
             imported = conn.execute(_IMPORT, args).rowcount
-            tally = conn.execute(_TALLY, args).fetchall()
-        read = sum(count for _, count, _ in tally)
-        valid = sum(count for reason, count, _ in tally if reason is None)
+            skipped = conn.execute(_SKIPPED, args).fetchall()
+        valid = read - sum(count for _, count, _ in skipped)
         report.add("records_read", read)
         report.add("records_imported", imported)
         report.add("records_already_imported", valid - imported)
         report.add("records_skipped", read - valid)
-        report.skip_grouped(row for row in tally if row[0] is not None)
+        report.skip_grouped(skipped)
         if log is not None:
             log.info("SIP platform %s: %s call records read, %s imported, %s already imported, %s skipped",
                      platform.name, read, imported, valid - imported, read - valid)
@@ -111,7 +111,7 @@ def import_sip_call_records(panel_db, interval, params=None, log=None) -> dict:
     with panel_db.get_conn() as conn:
         conn.autocommit = True   # each platform's import commits on its own
         # before this session's first temporary table: the staged day of calls is read twice (insert,
-        # tally) and stays in memory instead of going through 8 MB of temporary buffers
+        # skipped) and stays in memory instead of going through 8 MB of temporary buffers
         conn.execute("SET temp_buffers = '256MB'")
         outcome = for_each_platform(conn, report, log, work)
     return summary(report, outcome)

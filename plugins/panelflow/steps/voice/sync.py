@@ -28,7 +28,8 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from panelflow.step import StepReport
+from panelflow.hooks.sip_platform import SipPlatformUnavailable
+from panelflow.step import StepReport, first_line
 from panelflow.steps.voice._backend import ImplausibleAnswer, Platform, for_each_platform, lock_platform, summary
 
 _STAGE = """
@@ -188,6 +189,14 @@ def sync_voice_companies(panel_db, interval, log=None) -> dict:
             report.add("numbers_removed", conn.execute(_NUMBERS_GONE, args).rowcount)
             for check in (_NOT_IN_PANEL, _SUBSCRIBERS_BAD, _NUMBERS_UNMATCHED):
                 report.skip_grouped(conn.execute(check, args).fetchall())
+        # A SIP job's change whose reload failed after its DB commit (its retry finds nothing to
+        # change, so nothing reloads) reaches Kamailio's domain cache at the next sync at the latest;
+        # the sync itself is done whether or not the control interface answers.
+        with platform.hook() as hook:
+            try:
+                hook.reload_domains()
+            except SipPlatformUnavailable as exc:
+                report.skip(f"domain cache not reloaded: {first_line(exc)}", f"SIP platform {platform.name}")
 
     with panel_db.get_conn() as conn:
         conn.autocommit = True   # each platform commits on its own
