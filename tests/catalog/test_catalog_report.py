@@ -7,10 +7,10 @@ from panelflow.catalog.report import report
 
 def test_report_counts_the_whole_seed():
     text, totals = report(load_catalog(), verbose=True)
-    assert totals == {"threads": 69, "live": 61, "legacy": 8, "steps": 157, "built": 130}
-    assert "totals: 69 threads (61 live, 8 legacy), 157 steps, 130 implemented (82.8%), 27 missing" in text
+    assert totals == {"threads": 69, "live": 61, "legacy": 8, "steps": 157, "built": 157}
+    assert "totals: 69 threads (61 live, 8 legacy), 157 steps, 157 implemented (100.0%), 0 missing" in text
     provisioning = next(line for line in text.splitlines() if line.startswith("ProvisioningWork "))
-    assert provisioning.rstrip().endswith("36/46")
+    assert provisioning.rstrip().endswith("46/46")
     billing = next(line for line in text.splitlines() if line.startswith("BillingWork "))
     assert billing.rstrip().endswith("5/5")
     assert "VPSStorageStatsWork" in text and "superseded by HyperVHomeBackendThread" in text

@@ -2,7 +2,8 @@
 
 - An Exchange mailbox deleted through GroupActionWorkEx (the job through ``process_group_actions``, the
   script at the PSRP boundary) becomes one recycle-bin item, and ProvisioningWork 41 sends its notice
-  once however often it runs or the deletion is repeated.
+  once however often it runs or the deletion is repeated. So does one whose status GroupActionWorkEx 5
+  corrects into the bin; the purge (GroupActionWorkEx 7) takes the item out of the bin.
 - Partner Center's price sheets (the Microsoft sandbox's "Get a price sheet") fill ``o365_price_lists``
   once per sheet version; BillingWork 5 announces the change they bring, ProvisioningWork 19 names a
   subscription from them.
@@ -100,6 +101,44 @@ def test_a_mailbox_of_an_organisation_without_a_customer_has_no_recycle_bin_item
     assert process_exchange_group_actions(panel_db, _at(T0), {}, None)["succeeded"] == 1
     assert sql("SELECT status FROM exchange_mailboxes") == [("recycle_bin",)]
     assert sql("SELECT count(*) FROM recycle_bin_items") == [(0,)]
+
+
+def test_a_mailbox_corrected_into_the_bin_gets_one_item_and_notice_and_the_purge_removes_it(
+        exchange, recorded_powershell, panel_db, sql):
+    from panelflow.steps.exchange.jobs import correct_mailbox_statuses
+    from panelflow.steps.exchange.recycle_bin import purge_recycle_bin_mailboxes
+    from panelflow.steps.recycle_bin import send_recycle_bin_notifications
+
+    # the delete job finished, but its worker died before the mailbox's status was set: step 5 settles it
+    mailbox = sql("INSERT INTO exchange_mailboxes (organization_id, exchange_server_id, alias, display_name,"
+                  " primary_smtp_address, status, previous_status, exchange_guid, database) VALUES"
+                  " (1, 1, 'eve.evans', 'Eve Evans', 'eve.evans@contoso.example', 'pending', 'active', %s, 'DB01')"
+                  " RETURNING id", (GUID,))[0][0]
+    finished = T0 - timedelta(minutes=3)
+    sql("INSERT INTO group_action_jobs (backend, action, payload, status, finished_at, attempts)"
+        " VALUES ('exchange', 'delete_mailbox', %s, 'succeeded', %s, 1)", (Jsonb({"mailbox_id": mailbox}), finished))
+
+    assert correct_mailbox_statuses(panel_db, _at(T0), None)["to_recycle_bin"] == 1
+    assert correct_mailbox_statuses(panel_db, _at(T0 + timedelta(minutes=5)), None)["corrected"] == 0
+    assert sql("SELECT customer_id, kind, name, deleted_at, purge_at, exchange_mailbox_id FROM recycle_bin_items") == [
+        (exchange, "mailbox", "eve.evans@contoso.example", finished, finished + timedelta(days=30), mailbox)]
+
+    due = T0 + timedelta(days=23, hours=1)
+    first = send_recycle_bin_notifications(panel_db, _at(due))
+    second = send_recycle_bin_notifications(panel_db, _at(due + timedelta(minutes=5)))
+    assert (first["notices"], second["notices"]) == (1, 0)
+    assert sql("SELECT to_address FROM email_outbox WHERE dedupe_key LIKE 'recycle-bin:%%'") == [("it@contoso.example",)]
+
+    # GroupActionWorkEx 7, 30 days on: purged from its database, and out of the customer's bin
+    recorded_powershell.answer("exchange/get_recycle_bin_mailboxes", [
+        {"DisplayName": "Eve Evans", "MailboxGuid": GUID, "Database": "DB01", "DisconnectReason": "Disabled"}])
+    recorded_powershell.answer("exchange/remove_store_mailbox", [
+        {"MailboxGuid": GUID, "Database": "DB01", "MailboxState": "Disabled", "Purged": True}])
+    purge = purge_recycle_bin_mailboxes(panel_db, _at(T0 + timedelta(days=30, hours=1)), {}, None)
+    assert (purge["purged"], purge["failed"]) == (1, 0)
+    assert sql("SELECT status FROM exchange_mailboxes") == [("deleted",)]
+    assert sql("SELECT count(*) FROM recycle_bin_items") == [(0,)]
+    assert sql("SELECT count(*) FROM recycle_bin_notices") == [(0,)]
 
 
 # -- O365 price lists from Partner Center's price sheets (BillingWork 5 imports, then notifies; 19 names) ---------

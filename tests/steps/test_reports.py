@@ -1,6 +1,7 @@
 """UsageReportScheduleWork on the real panel DB: due schedules e-mailed once per period with a
 hand-checked CSV, next runs computed from the period, missed periods caught up, bad schedules
-reported and skipped, and a report really delivered over SMTP with its attachment."""
+reported and skipped, reports of UsageReportWork's stored reports waiting for their source, and a
+report really delivered over SMTP with its attachment."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ TZ = "Europe/London"
 LONDON, UTC = ZoneInfo(TZ), ZoneInfo("UTC")
 DEC1 = datetime(2026, 12, 1, 0, 45, tzinfo=LONDON)  # the :45 run just after November ended (GMT: = UTC)
 OWN_TABLES = ("report_schedules", "sent_reports", "subscription_quotas", "resource_usage_samples", "quota_overuse",
-              "subscription_quota_rechecks", "voice_bundles", "voice_bundle_notices")
+              "subscription_quota_rechecks", "voice_bundles", "voice_bundle_notices", "exchange_servers",
+              "addon_usage_reports")
 
 
 def at(clock: datetime) -> Interval:
@@ -246,3 +248,119 @@ def test_a_report_really_goes_out_with_its_csv(november, sql, smtp_server):
         "boss@alpha.example", "it@alpha.example", "noc@reseller.example"] + ["ops@idle.example"] * 3
     assert one(sql, "SELECT count(*) FROM email_outbox WHERE status = 'sent'") == 6
     assert ids  # the schedules the fixture made
+
+
+def exchange_report(sql, org, day, mailboxes):
+    """A day's row as UsageReportWork 1 stores it: users, one shared, one room; 1 GiB and 100 items per mailbox."""
+    sql("INSERT INTO exchange_usage_reports (organization_id, report_date, mailboxes, user_mailboxes,"
+        " shared_mailboxes, resource_mailboxes, total_item_size_bytes, total_deleted_item_size_bytes, item_count,"
+        " read_at) VALUES (%s, %s, %s, %s, 1, 1, %s, 0, %s, %s)",
+        (org, day, mailboxes, mailboxes - 2, mailboxes << 30, mailboxes * 100,
+         datetime.combine(day, datetime.min.time(), LONDON) + timedelta(hours=15, minutes=20)))
+
+
+@pytest.fixture
+def stored_reports(world, sql):
+    """Customers with Exchange organisations and add-ons, and schedules of the two stored-report kinds."""
+    w = world
+    alpha = w["customer"]("Alpha, Ltd")
+    gamma = w["customer"]("Gamma", reseller=1)
+    w["customer"]("Delta", reseller=1)  # the reseller's, with nothing to report
+    sql("INSERT INTO exchange_servers (name, fqdn, conn_id, roles) VALUES ('EX01', 'ex01.test', 'exch_ex01',"
+        " '{Mailbox}')")
+    orgs = dict(sql("INSERT INTO exchange_organizations (customer_id, exchange_server_id, name, organizational_unit)"
+                    " VALUES (%s, 1, 'Alpha Mail', 'OU=Alpha'), (%s, 1, '=Gamma', 'OU=Gamma') RETURNING name, id",
+                    (alpha, gamma)))
+    mail, gmail = orgs["Alpha Mail"], orgs["=Gamma"]
+    # UsageReportWork is behind: its last report is of 29 November
+    for org, day, mailboxes in ((mail, date(2026, 10, 31), 9), (mail, date(2026, 11, 1), 10),
+                                (gmail, date(2026, 11, 22), 8), (gmail, date(2026, 11, 23), 4),
+                                (gmail, date(2026, 11, 29), 5)):
+        exchange_report(sql, org, day, mailboxes)
+    for cust, plan, addons in ((alpha, "Exchange", [("Archiving", 1.50, 3), ("Backup ", 2, 1)]),
+                               (gamma, "Exchange", [("Archiving", 1.50, 2), ("Old", 9, 1, "cancelled")])):
+        sub = w["subscription"](cust, plan)
+        for name, price, quantity, *status in addons:
+            sql("INSERT INTO subscription_addons (subscription_id, name, price, quantity, status)"
+                " VALUES (%s, %s, %s, %s, %s)", (sub, name, price, quantity, status[0] if status else "active"))
+    s = w["schedule"]
+    ids = {
+        "exchange_monthly": s("exchange_usage", "monthly", date(2026, 12, 1), ["it@alpha.example"], customer=alpha),
+        "exchange_weekly": s("exchange_usage", "weekly", date(2026, 11, 30), ["noc@reseller.example"], reseller=1),
+        "addon_monthly": s("addon_usage", "monthly", date(2026, 12, 1), ["noc@reseller.example"], reseller=1),
+    }
+    return {**w, "ids": ids, "orgs": orgs, "customers": {"alpha": alpha, "gamma": gamma}}
+
+
+def test_stored_usage_reports_wait_for_their_source_then_are_sent_once(stored_reports, sql):
+    from panelflow.steps.addon_usage import addon_usage_report
+
+    db, ids, orgs, custs = stored_reports["db"], stored_reports["ids"], stored_reports["orgs"], \
+        stored_reports["customers"]
+    before = next_runs(sql)
+
+    # 00:45 on 1 December: the week's Exchange reports are there; November's last day and the
+    # add-on report of November (taken at 03:20) are not — those periods wait, still due
+    first = send_scheduled_enterprise_reports(panel_db=db, interval=at(DEC1))
+    assert first["reports_sent"] == 1 and first["periods_waiting_for_source"] == 2 and first["skipped"] == {}
+    assert next_runs(sql) == {**before, ids["exchange_weekly"]: date(2026, 12, 7)}
+    assert sql("SELECT schedule_id FROM sent_reports") == [(ids["exchange_weekly"],)]
+    w = ids["exchange_weekly"]
+    filename, rows = attachment(sql, f"report-{w}-2026-11-23:noc@reseller.example")
+    assert filename == "exchange-usage-20261123-20261129.csv"
+    g, gm = custs["gamma"], orgs["=Gamma"]
+    assert rows == [list(reports.COLUMNS["exchange_usage"]),  # 22 November is the week before
+                    [str(g), "Gamma", str(gm), "'=Gamma", "2026-11-23", "", "4", "2", "1", "1", str(4 << 30), "0",
+                     "400"],
+                    [str(g), "Gamma", str(gm), "'=Gamma", "2026-11-29", "", "5", "3", "1", "1", str(5 << 30), "0",
+                     "500"]]
+    body = one(sql, "SELECT body_text FROM email_outbox WHERE dedupe_key LIKE %s", (f"report-{w}-%",))
+    assert "Organisations: 1" in body and "Daily reports: 2" in body and "last day: 5" in body
+
+    # the next hour: still nothing new, nothing sent empty
+    again = send_scheduled_enterprise_reports(panel_db=db, interval=at(DEC1 + timedelta(hours=1)))
+    assert again["reports_sent"] == 0 and again["periods_waiting_for_source"] == 2
+    assert one(sql, "SELECT count(*) FROM sent_reports") == 1
+
+    # UsageReportWork catches up: 30 November's Exchange report (and 1 December's, not November's),
+    # then its 03:20 run takes November's add-on report
+    exchange_report(sql, orgs["Alpha Mail"], date(2026, 11, 30), 12)
+    exchange_report(sql, orgs["Alpha Mail"], date(2026, 12, 1), 99)
+    assert addon_usage_report(db, at(DEC1.replace(hour=3, minute=20)))["reports_taken"] == 1
+    late = send_scheduled_enterprise_reports(panel_db=db, interval=at(DEC1.replace(hour=3, minute=45)))
+    assert late["reports_sent"] == 2 and late["periods_waiting_for_source"] == 0 and late["emails_queued"] == 2
+    assert next_runs(sql) == {**before, w: date(2026, 12, 7), ids["exchange_monthly"]: date(2027, 1, 1),
+                              ids["addon_monthly"]: date(2027, 1, 1)}
+
+    m, a, am = ids["exchange_monthly"], custs["alpha"], orgs["Alpha Mail"]
+    filename, rows = attachment(sql, f"report-{m}-2026-11-01:it@alpha.example")
+    assert filename == "exchange-usage-20261101-20261130.csv"
+    assert rows[1:] == [  # 31 October and 1 December are not November
+        [str(a), "Alpha, Ltd", str(am), "Alpha Mail", "2026-11-01", "", "10", "8", "1", "1", str(10 << 30), "0",
+         "1000"],
+        [str(a), "Alpha, Ltd", str(am), "Alpha Mail", "2026-11-30", "", "12", "10", "1", "1", str(12 << 30), "0",
+         "1200"]]
+
+    # the reseller's add-on report: its customers' lines only (Alpha is not the reseller's), the
+    # cancelled add-on left out, money to the cent
+    ad = ids["addon_monthly"]
+    filename, rows = attachment(sql, f"report-{ad}-2026-11-01:noc@reseller.example")
+    assert filename == "addon-usage-20261101-20261130.csv"
+    assert rows == [list(reports.COLUMNS["addon_usage"]),
+                    [str(g), "Gamma", "2026-11-01", "Archiving", "GBP", "1.50", "1", "2", "3.00"]]
+    body = one(sql, "SELECT body_text FROM email_outbox WHERE dedupe_key LIKE %s", (f"report-{ad}-%",))
+    assert "Add-on lines: 1" in body and "Amount (GBP): 3.00" in body
+    assert sql("SELECT subject FROM email_outbox WHERE dedupe_key LIKE %s", (f"report-{ad}-%",)) == [
+        ("Test Hosting add-on usage report for Reseller One: November 2026",)]
+
+    # sent once: the next run has nothing due
+    send_scheduled_enterprise_reports(panel_db=db, interval=at(DEC1.replace(hour=4, minute=45)))
+    assert one(sql, "SELECT count(*) FROM sent_reports") == 3 and one(sql, "SELECT count(*) FROM email_outbox") == 3
+
+
+def test_an_addon_usage_schedule_is_monthly(world, sql):
+    import psycopg
+
+    cust = world["customer"]("Alpha")
+    with pytest.raises(psycopg.errors.CheckViolation, match="report_schedules_addon_usage_monthly_check"):
+        world["schedule"]("addon_usage", "weekly", date(2026, 11, 30), ["it@alpha.example"], customer=cust)

@@ -471,8 +471,8 @@ class PartnerCenterHook(HttpApiHook):
             raise PartnerCenterResponseError(f"Partner Center connection {self.partner_center_conn_id!r}: {what}:"
                                              f" {exc}") from None
 
-
     def _pricing_url(self) -> str:
+        """Microsoft serves prices from another host than Partner Center's; a sandbox or proxy serves both."""
         if self._pricing[0]:
             return self._pricing[0]
         return DEFAULT_PRICING_URL if self.base_url.rstrip("/") == DEFAULT_BASE_URL else self.base_url.rstrip("/")

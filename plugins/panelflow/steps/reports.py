@@ -17,7 +17,18 @@ Report kinds, one CSV row per:
   the quota as it stands, the peak and the latest usage measured in the period, and whether
   the peak was over the quota;
 - ``voice_usage``: subscription with calls in the period or a voice bundle — answered OCS and
-  SIP calls and their minutes (per started minute, as billed), and the bundle's monthly minutes.
+  SIP calls and their minutes (per started minute, as billed), and the bundle's monthly minutes;
+- ``exchange_usage``: hosted Exchange organisation and day of the period, as UsageReportWork 1
+  stored it (``exchange_usage_reports``): mailboxes by kind, their size and items;
+- ``addon_usage``: add-on line of the month's add-on usage report UsageReportWork 2 took
+  (``addon_usage_report_lines``); these schedules are monthly (migration 0039).
+
+The last two kinds are copies of reports another thread stores, so a period of theirs is sent
+only once its source has it: Exchange usage once a report of the period's last day is stored,
+add-on usage once the month's report is taken (the first UsageReportWork run of the next month,
+03:20, after a monthly schedule falls due at 00:45). Until then the period is not sent, not
+reported as skipped and keeps the schedule's ``next_run_on``: a later run sends it with its rows,
+and the periods after it wait behind it, so they still go oldest first.
 
 Exactly once: a period's ``sent_reports`` row and its messages (one per recipient, the CSV
 attached, outbox key ``report-<schedule>-<period start>:<address>``) are written in one
@@ -48,16 +59,25 @@ PREVIEW_ROWS = 20  # rows shown in the message body; the CSV has them all
 
 EMAIL_RE = r"^[^@[:space:]]+@[^@[:space:]]+\.[^@[:space:]]+$"
 
-TITLES = {"resource_usage": "resource usage report", "voice_usage": "voice usage report"}
+TITLES = {"resource_usage": "resource usage report", "voice_usage": "voice usage report",
+          "exchange_usage": "Exchange usage report", "addon_usage": "add-on usage report"}
 COLUMNS = {
     "resource_usage": ("customer_id", "customer", "subscription_id", "plan", "resource", "unit", "quota",
                        "peak_used", "last_used", "samples", "over_quota"),
     "voice_usage": ("customer_id", "customer", "subscription_id", "plan", "ocs_calls", "ocs_minutes", "sip_calls",
                     "sip_minutes", "total_minutes", "bundle_minutes_per_month"),
+    "exchange_usage": ("customer_id", "customer", "organization_id", "organization", "report_date",
+                       "subscription_id", "mailboxes", "user_mailboxes", "shared_mailboxes", "resource_mailboxes",
+                       "total_item_size_bytes", "total_deleted_item_size_bytes", "item_count"),
+    "addon_usage": ("customer_id", "customer", "month", "addon", "currency", "unit_price", "subscriptions",
+                    "quantity", "amount"),
 }
 
 # The batch's due schedules, one row per period to send, with the reason a schedule cannot be
-# sent (NULL: it can). Locked: an overlapping run skips them rather than waiting.
+# sent (NULL: it can) and whether the period's source rows are there yet (``source_ready``: a
+# stored report of another thread — see the module's docstring; the other kinds read raw data).
+# Readiness only grows with the period's end, so the periods waiting are the schedule's last ones.
+# Locked: an overlapping run skips them rather than waiting.
 _DUE = f"""
 CREATE TEMP TABLE due_reports ON COMMIT DROP AS
 WITH batch AS (
@@ -84,6 +104,9 @@ WITH batch AS (
     FROM owners o
     LEFT JOIN LATERAL (SELECT nullif(btrim(x), '') AS a FROM unnest(o.recipients) x) u ON u.a IS NOT NULL
     GROUP BY o.id
+), sources AS (
+    SELECT (SELECT max(report_date) FROM exchange_usage_reports) AS exchange_through,
+           (SELECT max(period_end) FROM addon_usage_reports) AS addon_through
 )
 SELECT o.id AS schedule_id, o.customer_id, o.reseller_id, o.owner, o.owner_name, o.provider_name, o.report_kind,
        o.frequency, o.span, o.next_run_on, (g.period_end - o.span)::date AS period_start, g.period_end::date,
@@ -94,13 +117,21 @@ SELECT o.id AS schedule_id, o.customer_id, o.reseller_id, o.owner, o.owner_name,
             WHEN o.owner_status <> 'active' THEN split_part(o.owner, ' ', 1) || ' ' || o.owner_status
             WHEN a.valid IS NULL AND a.invalid IS NULL THEN 'schedule has no recipients'
             WHEN a.valid IS NULL THEN 'no valid recipient address'
-       END AS skip_reason
+       END AS skip_reason,
+       coalesce(CASE o.report_kind
+                    WHEN 'exchange_usage' THEN g.period_end::date - 1 <= src.exchange_through
+                    WHEN 'addon_usage' THEN g.period_end::date <= src.addon_through
+                    ELSE true END, false) AS source_ready
 FROM owners o
 JOIN addresses a ON a.id = o.id
+CROSS JOIN sources src
 CROSS JOIN LATERAL generate_series(o.next_run_on::timestamp, %(today)s::timestamp, o.span)
     WITH ORDINALITY AS g(period_end, n)
 WHERE g.n <= %(max_periods)s
 """
+
+# Periods whose source is not there yet leave the batch: kept due, neither sent nor skipped.
+_WAITING = "DELETE FROM due_reports WHERE skip_reason IS NULL AND NOT source_ready"
 
 # A closed owner's schedule is not an error to report: it just sends nothing any more.
 _SKIPPED = """
@@ -119,17 +150,23 @@ SELECT schedule_id, period_start, period_end, report_kind, frequency, owner, own
 FROM due_reports WHERE skip_reason IS NULL ORDER BY schedule_id, period_start
 """
 
-# The subscriptions each period reports on: the customer's, or the reseller's customers'.
-_TARGETS = """
-targets AS (
-    SELECT d.schedule_id, d.period_start, d.start_ts, d.end_ts, c.id AS customer_id, c.name AS customer_name,
-           s.id AS subscription_id, s.plan
-    FROM due_reports d JOIN customers c ON c.id = d.customer_id JOIN subscriptions s ON s.customer_id = c.id
+# The customers each period reports on: the schedule's customer, or its reseller's customers.
+_CUSTOMERS = """
+owned AS (
+    SELECT d.schedule_id, d.period_start, d.period_end, d.start_ts, d.end_ts, c.id AS customer_id,
+           c.name AS customer_name
+    FROM due_reports d JOIN customers c ON c.id = d.customer_id
     WHERE d.skip_reason IS NULL AND d.report_kind = %(kind)s
     UNION ALL
-    SELECT d.schedule_id, d.period_start, d.start_ts, d.end_ts, c.id, c.name, s.id, s.plan
-    FROM due_reports d JOIN customers c ON c.reseller_id = d.reseller_id JOIN subscriptions s ON s.customer_id = c.id
+    SELECT d.schedule_id, d.period_start, d.period_end, d.start_ts, d.end_ts, c.id, c.name
+    FROM due_reports d JOIN customers c ON c.reseller_id = d.reseller_id
     WHERE d.skip_reason IS NULL AND d.report_kind = %(kind)s
+)"""
+
+# The subscriptions each period reports on: those of its customers.
+_TARGETS = f"""{_CUSTOMERS},
+targets AS (
+    SELECT o.*, s.id AS subscription_id, s.plan FROM owned o JOIN subscriptions s ON s.customer_id = o.customer_id
 )"""
 
 _ROWS = {
@@ -166,6 +203,28 @@ CROSS JOIN LATERAL (
 LEFT JOIN voice_bundles b ON b.subscription_id = t.subscription_id AND b.status = 'active'
 WHERE ocs.calls > 0 OR sip.calls > 0 OR b.id IS NOT NULL
 ORDER BY t.schedule_id, t.period_start, t.customer_name, t.customer_id, t.subscription_id
+""",
+    # report_date is the day in the thread's time zone, as the period's days are
+    "exchange_usage": f"""
+WITH {_CUSTOMERS}
+SELECT t.schedule_id, t.period_start, t.customer_id, t.customer_name, o.id, o.name, r.report_date,
+       r.subscription_id, r.mailboxes, r.user_mailboxes, r.shared_mailboxes, r.resource_mailboxes,
+       r.total_item_size_bytes, r.total_deleted_item_size_bytes, r.item_count
+FROM owned t
+JOIN exchange_organizations o ON o.customer_id = t.customer_id
+JOIN exchange_usage_reports r ON r.organization_id = o.id
+    AND r.report_date >= t.period_start AND r.report_date < t.period_end
+ORDER BY t.schedule_id, t.period_start, t.customer_name, t.customer_id, o.name, r.report_date
+""",
+    "addon_usage": f"""
+WITH {_CUSTOMERS}
+SELECT t.schedule_id, t.period_start, t.customer_id, t.customer_name, l.period_start, l.addon_name, l.currency,
+       l.unit_price, l.subscriptions, l.quantity, l.amount
+FROM owned t
+JOIN addon_usage_report_lines l ON l.customer_id = t.customer_id
+    AND l.period_start >= t.period_start AND l.period_start < t.period_end
+ORDER BY t.schedule_id, t.period_start, t.customer_name, t.customer_id, l.period_start, l.addon_name, l.currency,
+         l.unit_price
 """,
 }
 
@@ -207,36 +266,49 @@ def _text(value: str) -> str:
 
 
 def _csv_row(kind: str, row: tuple) -> tuple:
-    customer_id, customer_name, subscription_id, plan, *rest = row
-    head = (customer_id, customer_name, subscription_id, plan)
+    head, rest = row[:4], row[4:]
     if kind == "resource_usage":
         code, unit, has_quota, limit, peak, last_used, samples = rest
         quota = (limit if limit is not None else "unlimited") if has_quota else None
         over = None if peak is None or limit is None else ("yes" if peak > limit else "no")
         return tuple(_cell(v) for v in (*head, code, unit, quota, peak, last_used, samples, over))
-    ocs_calls, ocs_minutes, sip_calls, sip_minutes, bundle = rest
-    return tuple(_cell(v) for v in (*head, ocs_calls, ocs_minutes, sip_calls, sip_minutes, ocs_minutes + sip_minutes,
-                                    bundle))
+    if kind == "voice_usage":
+        ocs_calls, ocs_minutes, sip_calls, sip_minutes, bundle = rest
+        return tuple(_cell(v) for v in (*head, ocs_calls, ocs_minutes, sip_calls, sip_minutes,
+                                        ocs_minutes + sip_minutes, bundle))
+    if kind == "addon_usage":  # its decimals are money: to the cent, as stored
+        return tuple(str(v) if isinstance(v, Decimal) else _cell(v) for v in row)
+    return tuple(_cell(v) for v in row)  # exchange_usage: the stored report's columns as they are
 
 
 def _csv(kind: str, rows: list[tuple]) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out)  # RFC 4180: comma, CRLF, quotes where needed
     writer.writerow(COLUMNS[kind])
-    # the customer's name and the plan (columns 1 and 3 of every kind) are typed into the panel
+    # columns 1 and 3 of every kind (the customer's name; the plan, organisation or add-on) are typed into the panel
     writer.writerows((r[0], _text(r[1]), r[2], _text(r[3]), *r[4:]) for r in rows)
     return out.getvalue().encode("utf-8")
 
 
 def _summary(kind: str, rows: list[tuple]) -> list[tuple[str, str]]:
-    subscriptions = len({r[2] for r in rows})
+    """A few totals for the message body, from the CSV rows (their cells are strings)."""
     if kind == "resource_usage":
         over = sum(1 for r in rows if r[-1] == "yes")
-        return [("Subscriptions", str(subscriptions)), ("Resources reported", str(len(rows))),
+        return [("Subscriptions", str(len({r[2] for r in rows}))), ("Resources reported", str(len(rows))),
                 ("Over quota in the period", str(over))]
-    return [("Subscriptions", str(subscriptions)),
-            ("Answered calls", str(sum(int(r[4]) + int(r[6]) for r in rows))),
-            ("Minutes", str(sum(int(r[8]) for r in rows)))]
+    if kind == "voice_usage":
+        return [("Subscriptions", str(len({r[2] for r in rows}))),
+                ("Answered calls", str(sum(int(r[4]) + int(r[6]) for r in rows))),
+                ("Minutes", str(sum(int(r[8]) for r in rows)))]
+    if kind == "exchange_usage":
+        latest = {r[2]: r for r in rows}  # rows go by day within an organisation: its last day's wins
+        return [("Organisations", str(len(latest))), ("Daily reports", str(len(rows))),
+                ("Mailboxes on each organisation's last day", str(sum(int(r[6]) for r in latest.values())))]
+    amounts: dict[str, Decimal] = {}
+    for r in rows:
+        amounts[r[4]] = amounts.get(r[4], Decimal(0)) + Decimal(r[8])
+    return [("Customers", str(len({r[0] for r in rows}))), ("Add-on lines", str(len(rows))),
+            *((f"Amount ({currency})", str(total)) for currency, total in sorted(amounts.items()))]
 
 
 def period_label(frequency: str, start: date, end: date) -> str:
@@ -271,6 +343,7 @@ def _send_batch(conn, *, today: date, tz: str, clock, after: int, report: StepRe
     (last,) = conn.execute("SELECT max(schedule_id) FROM due_reports").fetchone()
     if last is None:
         return None
+    report.add("periods_waiting_for_source", conn.execute(_WAITING).rowcount)
     _report_skips(conn, report)
     periods = conn.execute(_TO_SEND).fetchall()
     rows: dict[tuple[int, date], list[tuple]] = {(p[0], p[1]): [] for p in periods}

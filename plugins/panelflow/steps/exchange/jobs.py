@@ -53,6 +53,7 @@ from panelflow.step import StepReport
 
 from ._backend import ForwardingState, OwaAssignment, Record
 from ._backend import one_record as _one
+from .recycle_bin import RECYCLE_DAYS
 
 BACKEND = "exchange"
 ACTIONS = ("create_mailbox", "set_mailbox_quota", "set_mailbox_forwarding", "add_mailbox_permission",
@@ -66,6 +67,19 @@ MIB = 1024 * 1024
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 SERVER_FAILURES_PER_RUN = 2
+
+# The customer's recycle-bin item of each mailbox just put in the bin (ProvisioningWork 41 sends its
+# notices; GroupActionWorkEx 7 removes it with the purge), run in the transaction that set the
+# ``recycle_bin`` status so the two go together. One per mailbox in the bin (unique): a re-taken job
+# or a status corrected after the handler already wrote it adds none.
+_RECYCLE_BIN_ITEMS = """
+INSERT INTO recycle_bin_items (customer_id, kind, name, deleted_at, purge_at, exchange_mailbox_id)
+SELECT o.customer_id, 'mailbox', m.primary_smtp_address, m.deleted_at, m.deleted_at + make_interval(days => %(days)s),
+       m.id
+FROM exchange_mailboxes m JOIN exchange_organizations o ON o.id = m.organization_id
+WHERE m.id = ANY(%(ids)s) AND o.customer_id IS NOT NULL
+ON CONFLICT (exchange_mailbox_id) WHERE exchange_mailbox_id IS NOT NULL DO NOTHING
+"""
 
 
 # -- what the action scripts print -------------------------------------------------------------------------
@@ -342,23 +356,13 @@ class _ExchangeJobs:
                                                        "KeepADUser": p.flag("keep_ad_user", False),
                                                        "Confirm": False}), script)
         guid = str(out.ExchangeGuid) if out.ExchangeGuid else m["exchange_guid"]
-        from .recycle_bin import RECYCLE_DAYS
-
-        # The customer's recycle-bin item (ProvisioningWork 41 sends its notices) is written with the
-        # mailbox's new status or not at all; one per mailbox in the bin, so a re-taken job adds none.
         with self.conn.transaction():
             self.conn.execute(
                 "UPDATE exchange_mailboxes SET status = 'recycle_bin', previous_status = NULL, status_changed_at = %(at)s,"
                 " last_error = NULL, deleted_at = coalesce(deleted_at, %(at)s), exchange_guid = %(guid)s::uuid,"
                 " database = coalesce(%(db)s, database) WHERE id = %(id)s",
                 {"at": self.at, "guid": guid, "db": out.Database, "id": m["id"]})
-            self.conn.execute(
-                "INSERT INTO recycle_bin_items (customer_id, kind, name, deleted_at, purge_at, exchange_mailbox_id)"
-                " SELECT o.customer_id, 'mailbox', m.primary_smtp_address, m.deleted_at,"
-                " m.deleted_at + make_interval(days => %(days)s), m.id FROM exchange_mailboxes m"
-                " JOIN exchange_organizations o ON o.id = m.organization_id WHERE m.id = %(id)s AND o.customer_id IS NOT NULL"
-                " ON CONFLICT (exchange_mailbox_id) WHERE exchange_mailbox_id IS NOT NULL DO NOTHING",
-                {"id": m["id"], "days": RECYCLE_DAYS})
+            self.conn.execute(_RECYCLE_BIN_ITEMS, {"ids": [m["id"]], "days": RECYCLE_DAYS})
         return {"mailbox_id": m["id"], "exchange_guid": guid, "removed": out.Removed, "already_absent": out.AlreadyAbsent}
 
     def convert_mailbox(self, m: dict, p: Payload) -> dict:
@@ -451,7 +455,8 @@ RETURNING m.id, d.job_id, d.action, d.job_status, d.new_status
 latest ``exchange`` job naming it (``payload.mailbox_id``, highest id) and, once that job is finished:
 
 - succeeded: create_mailbox / enable_mailbox → ``active``; disable_mailbox → ``disabled``;
-  delete_mailbox → ``recycle_bin`` (``deleted_at`` = the job's finish when not set); any other action
+  delete_mailbox → ``recycle_bin`` (``deleted_at`` = the job's finish when not set; its recycle-bin item
+  written, :data:`_RECYCLE_BIN_ITEMS`, in the same transaction); any other action
   changed a setting, not the state → back to ``previous_status`` (else ``active``);
 - failed: create_mailbox → ``previous_status`` (a retried creation of an existing mailbox), else
   ``failed``; any other action → ``previous_status``, else ``active`` when Exchange has the mailbox
@@ -476,7 +481,11 @@ def correct_mailbox_statuses(panel_db, interval, log) -> dict:
     report = StepReport().zero("corrected", "waiting_for_job", "without_job")
     with panel_db.get_conn() as conn:
         conn.autocommit = True
-        changed = conn.execute(_CORRECT_STATUSES, {"at": interval.end}).fetchall()
+        with conn.transaction():  # a mailbox corrected into the bin gets its item with its status
+            changed = conn.execute(_CORRECT_STATUSES, {"at": interval.end}).fetchall()
+            binned = [mailbox_id for mailbox_id, *_, new_status in changed if new_status == "recycle_bin"]
+            if binned:
+                conn.execute(_RECYCLE_BIN_ITEMS, {"ids": binned, "days": RECYCLE_DAYS})
         waiting, without = conn.execute(_PENDING_LEFT).fetchone()
     report.add("corrected", len(changed))
     report.add("waiting_for_job", waiting)

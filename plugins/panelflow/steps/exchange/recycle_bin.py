@@ -2,8 +2,9 @@
 
 :func:`purge_recycle_bin_mailboxes` — mailboxes in the recycle bin since more than
 ``mailbox_recycle_days`` (30) before the interval's end → Remove-StoreMailbox (``Confirm=False``)
-on their database, at most ``recycle_purge_batch`` (50) a run → ``deleted`` (``purged_at``). One no
-longer among the database's disconnected mailboxes is already purged: marked so.
+on their database, at most ``recycle_purge_batch`` (50) a run → ``deleted`` (``purged_at``), its item
+gone from the customer's recycle bin (``recycle_bin_items``). One no longer among the database's
+disconnected mailboxes is already purged: marked so.
 """
 
 from __future__ import annotations
@@ -35,9 +36,15 @@ ORDER BY m.deleted_at, m.id
 LIMIT %s
 """
 
+# A purged mailbox leaves the customer's recycle bin (migration 0011: items leave the bin when
+# purged) in the statement that marks it deleted, so the bin never lists a mailbox that is gone.
 _PURGED = """
-UPDATE exchange_mailboxes SET status = 'deleted', purged_at = %(at)s, status_changed_at = %(at)s, last_error = NULL
-WHERE id = ANY(%(ids)s::bigint[]) AND status = 'recycle_bin'
+WITH purged AS (
+    UPDATE exchange_mailboxes SET status = 'deleted', purged_at = %(at)s, status_changed_at = %(at)s, last_error = NULL
+    WHERE id = ANY(%(ids)s::bigint[]) AND status = 'recycle_bin'
+    RETURNING id
+)
+DELETE FROM recycle_bin_items WHERE exchange_mailbox_id IN (SELECT id FROM purged)
 """
 
 
