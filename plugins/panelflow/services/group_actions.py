@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
-from panelflow.step import StepReport
+from panelflow.step import StepReport, first_line
 
 JOBS_PER_RUN = 50
 MAX_ATTEMPTS = 5
@@ -103,6 +103,62 @@ class Payload:
             bounds += f" to {high}" if high is not None else ""
             raise JobRejected(f"payload {key!r} must be a whole number{bounds}")
         return value
+
+
+class PowerShellSessions:
+    """The PowerShell sessions of one group-action run — one per server, reused by all its jobs —
+    and the one rule for what a server's answer means for a job, shared by every Windows backend:
+
+    - the script's own error, or an answer that is not the JSON it promises: the server refused the
+      job as made → :class:`JobRejected` with the server's words;
+    - the server unreachable, timing out, or its connection missing/misconfigured (fixable, so
+      retried) → :class:`JobDeferred`, and every later job for that server in this run is deferred
+      untried (one timeout per server per run, not one per job).
+    """
+
+    def __init__(self, log=None):
+        self.log = log
+        self.hooks: dict[str, Any] = {}
+        self.down: dict[str, str] = {}
+
+    def run(self, server: str, conn_id: str, script: str, parameters: dict) -> list:
+        """Run ``script`` on ``server`` (reached through ``conn_id``); its JSON records."""
+        from airflow.exceptions import AirflowException
+
+        from panelflow.hooks.powershell import (PowerShellOutputError, PowerShellScriptError, PowerShellUnavailable,
+                                                open_powershell)
+
+        self.check(server, conn_id)
+        try:
+            hook = self.hooks.get(conn_id)
+            if hook is None:
+                hook = self.hooks[conn_id] = open_powershell(conn_id)
+            return hook.run_script(script, parameters)
+        except PowerShellScriptError as exc:
+            raise JobRejected(f"{server}: {'; '.join(exc.errors) or 'the script failed'}") from None
+        except PowerShellOutputError as exc:
+            raise JobRejected(f"{server}: {exc}") from None
+        except PowerShellUnavailable as exc:
+            raise self.unreachable(server, conn_id, exc) from None
+        except AirflowException as exc:
+            raise self.unreachable(server, conn_id, exc, f"connection {conn_id}: ") from None
+
+    def check(self, server: str, conn_id: str) -> None:
+        """Defer a job for a server found unreachable earlier in this run, without trying it again."""
+        if conn_id in self.down:
+            raise JobDeferred(f"{server} not tried: unreachable earlier in this run ({self.down[conn_id]})")
+
+    def unreachable(self, server: str, conn_id: str, exc: BaseException, prefix: str = "") -> JobDeferred:
+        """Remember the server as down for this run; the job's outcome (raise it)."""
+        self.down[conn_id] = first_line(exc)
+        return JobDeferred(f"{server}: {prefix}{first_line(exc)}")
+
+    def close(self) -> None:
+        from panelflow.hooks.powershell import close_powershell
+
+        for hook in self.hooks.values():
+            close_powershell(hook, self.log)
+        self.hooks.clear()
 
 
 _CLAIM_ONE = """

@@ -47,12 +47,12 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any
 
 from panelflow.hooks.hosted_mysql import HostedMySqlError, HostedMySqlHook, HostedMySqlNameError
-from panelflow.hooks.powershell import close_powershell, open_powershell
-from panelflow.services.group_actions import JobDeferred, JobRejected, Payload, process_group_actions
-from panelflow.step import StepReport, first_line
+
+from panelflow.services.group_actions import (JobDeferred, JobRejected, Payload, PowerShellSessions,
+                                              process_group_actions)
+from panelflow.step import StepReport
 from panelflow.steps.hosting._backend import (MIB, NO_SERVERS, HostingServer, Site, configured, int64, server_by_id,
                                               server_named, site_by_id, valid_folder, valid_host_name)
 
@@ -92,16 +92,13 @@ class _HostingJobs:
 
     def __init__(self, conn, at: datetime, log):
         self.conn, self.at, self.log = conn, at, log
-        self.sessions: dict[str, Any] = {}
+        self.sessions = PowerShellSessions(log)   # its "down" list covers the MySQL servers too
         self.mysql: dict[str, HostedMySqlHook] = {}
-        self.down: dict[str, str] = {}
 
     def close(self) -> None:
-        for hook in self.sessions.values():
-            close_powershell(hook, self.log)
+        self.sessions.close()
         for hook in self.mysql.values():
             hook.close()
-        self.sessions.clear()
         self.mysql.clear()
 
     def general(self, action: str, payload: dict) -> dict:
@@ -130,27 +127,10 @@ class _HostingJobs:
         return found[0]
 
     def _unreachable(self, server: HostingServer, exc: BaseException) -> JobDeferred:
-        self.down[server.conn_id] = first_line(exc)
-        return JobDeferred(f"{server.name}: {first_line(exc)}")
+        return self.sessions.unreachable(server.name, server.conn_id, exc)
 
     def powershell(self, server: HostingServer, script: str, parameters: dict) -> list:
-        from airflow.exceptions import AirflowException
-
-        from panelflow.hooks.powershell import PowerShellOutputError, PowerShellScriptError, PowerShellUnavailable
-
-        if server.conn_id in self.down:
-            raise JobDeferred(f"{server.name} not tried: unreachable earlier in this run ({self.down[server.conn_id]})")
-        try:
-            hook = self.sessions.get(server.conn_id)
-            if hook is None:
-                hook = self.sessions[server.conn_id] = open_powershell(server.conn_id)
-            rows = hook.run_script(script, parameters)
-        except PowerShellScriptError as exc:
-            raise JobRejected(f"{server.name}: {'; '.join(exc.errors) or 'the script failed'}") from None
-        except PowerShellOutputError as exc:
-            raise JobRejected(f"{server.name}: {exc}") from None
-        except (PowerShellUnavailable, AirflowException) as exc:  # unreachable, or its connection missing: retried
-            raise self._unreachable(server, exc) from None
+        rows = self.sessions.run(server.name, server.conn_id, script, parameters)
         if len(rows) != 1 or not isinstance(rows[0], dict):
             raise JobRejected(f"{server.name}: {script} answered {len(rows)} records, not one")
         return rows
@@ -160,8 +140,7 @@ class _HostingJobs:
         import pymysql
         from airflow.exceptions import AirflowException
 
-        if server.conn_id in self.down:
-            raise JobDeferred(f"{server.name} not tried: unreachable earlier in this run ({self.down[server.conn_id]})")
+        self.sessions.check(server.name, server.conn_id)
         try:
             hook = self.mysql.get(server.conn_id)
             if hook is None:

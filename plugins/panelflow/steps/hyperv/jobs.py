@@ -38,10 +38,8 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from panelflow.hooks.powershell import close_powershell, open_powershell
-from panelflow.services.group_actions import JobDeferred, JobRejected, Payload, process_group_actions
+from panelflow.services.group_actions import JobRejected, Payload, PowerShellSessions, process_group_actions
 from panelflow.services.server_samples import MIB
-from panelflow.step import first_line
 from panelflow.steps.hyperv._backend import (DISK_DATA, GIB, ActionVM, CheckpointResult, CreatedVM, DeletedVM,
                                              DiskActionResult, DiskRecord, Host, columns, disk_row, host_named,
                                              hosts, unsafe_path)
@@ -142,13 +140,10 @@ class _VpsJobs:
 
     def __init__(self, conn, at: datetime, log):
         self.conn, self.at, self.log = conn, at, log
-        self.hooks: dict[str, Any] = {}
-        self.down: dict[str, str] = {}
+        self.sessions = PowerShellSessions(log)
 
     def close(self) -> None:
-        for hook in self.hooks.values():
-            close_powershell(hook, self.log)
-        self.hooks.clear()
+        self.sessions.close()
 
     # -- reaching the host
     def _host(self, name: str) -> Host:
@@ -160,27 +155,7 @@ class _VpsJobs:
         return found[0]
 
     def run(self, host: Host, script: str, parameters: dict) -> list:
-        from airflow.exceptions import AirflowException
-
-        from panelflow.hooks.powershell import PowerShellOutputError, PowerShellScriptError, PowerShellUnavailable
-
-        if host.conn_id in self.down:
-            raise JobDeferred(f"{host.name} not tried: unreachable earlier in this run ({self.down[host.conn_id]})")
-        try:
-            hook = self.hooks.get(host.conn_id)
-            if hook is None:
-                hook = self.hooks[host.conn_id] = open_powershell(host.conn_id)
-            return hook.run_script(script, parameters)
-        except PowerShellScriptError as exc:
-            raise JobRejected(f"{host.name}: {'; '.join(exc.errors) or 'the script failed'}") from None
-        except PowerShellOutputError as exc:
-            raise JobRejected(f"{host.name}: {exc}") from None
-        except PowerShellUnavailable as exc:
-            self.down[host.conn_id] = first_line(exc)
-            raise JobDeferred(f"{host.name}: {first_line(exc)}") from None
-        except AirflowException as exc:   # the connection is missing or misconfigured: fixable, so retried
-            self.down[host.conn_id] = first_line(exc)
-            raise JobDeferred(f"{host.name}: connection {host.conn_id}: {first_line(exc)}") from None
+        return self.sessions.run(host.name, host.conn_id, script, parameters)
 
     def target(self, p: Payload) -> tuple[Host, dict, tuple | None]:
         """The host, the script's VM parameters (Id, else Name) and the panel's row of the VM, if any."""

@@ -31,9 +31,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from panelflow.hooks.powershell import close_powershell, open_powershell
-from panelflow.services.group_actions import JobDeferred, JobRejected, Payload, process_group_actions
-from panelflow.step import first_line
+from panelflow.services.group_actions import JobRejected, Payload, PowerShellSessions, process_group_actions
 from panelflow.steps.lync._backend import LINE_URI, SIP_ADDRESS, CsUser, Pool, pool_named, sip_address
 
 BACKEND = "lync"
@@ -97,13 +95,10 @@ class _LyncJobs:
 
     def __init__(self, conn, at: datetime, log):
         self.conn, self.at, self.log = conn, at, log
-        self.hooks: dict[str, Any] = {}
-        self.down: dict[str, str] = {}
+        self.sessions = PowerShellSessions(log)
 
     def close(self) -> None:
-        for hook in self.hooks.values():
-            close_powershell(hook, self.log)
-        self.hooks.clear()
+        self.sessions.close()
 
     def handle(self, action: str, payload: dict) -> dict:
         return getattr(self, action)(Payload(payload))
@@ -124,27 +119,7 @@ class _LyncJobs:
         return self._pool(p.text("pool", required=home is None, limit=255) or home[0]), sip
 
     def run(self, pool: Pool, script: str, parameters: dict) -> dict:
-        from airflow.exceptions import AirflowException
-
-        from panelflow.hooks.powershell import PowerShellOutputError, PowerShellScriptError, PowerShellUnavailable
-
-        if pool.conn_id in self.down:
-            raise JobDeferred(f"{pool.name} not tried: unreachable earlier in this run ({self.down[pool.conn_id]})")
-        try:
-            hook = self.hooks.get(pool.conn_id)
-            if hook is None:
-                hook = self.hooks[pool.conn_id] = open_powershell(pool.conn_id)
-            rows = hook.run_script(f"lync/{script}", parameters)
-        except PowerShellScriptError as exc:
-            raise JobRejected(f"{pool.name}: {'; '.join(exc.errors) or 'the script failed'}") from None
-        except PowerShellOutputError as exc:
-            raise JobRejected(f"{pool.name}: {exc}") from None
-        except PowerShellUnavailable as exc:
-            self.down[pool.conn_id] = first_line(exc)
-            raise JobDeferred(f"{pool.name}: {first_line(exc)}") from None
-        except AirflowException as exc:   # the connection is missing or misconfigured: fixable, so retried
-            self.down[pool.conn_id] = first_line(exc)
-            raise JobDeferred(f"{pool.name}: connection {pool.conn_id}: {first_line(exc)}") from None
+        rows = self.sessions.run(pool.name, pool.conn_id, f"lync/{script}", parameters)
         if not rows or not isinstance(rows[0], dict):
             raise JobRejected(f"{pool.name}: {script} returned nothing")
         return rows[0]

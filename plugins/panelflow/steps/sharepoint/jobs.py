@@ -50,8 +50,8 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
-from panelflow.hooks.powershell import close_powershell, open_powershell
-from panelflow.services.group_actions import JobDeferred, JobRejected, Payload, process_group_actions
+from panelflow.services.group_actions import (JobDeferred, JobRejected, Payload, PowerShellSessions,
+                                              process_group_actions)
 from panelflow.step import first_line
 from panelflow.steps.sharepoint._backend import (LOCK_STATES, MIB, URL, Farm, FarmSite, Tenant, farm_named, farms, mb,
                                                  site_url)
@@ -146,38 +146,15 @@ class _SpJobs:
 
     def __init__(self, conn, at: datetime, log):
         self.conn, self.at, self.log = conn, at, log
-        self.hooks: dict[str, Any] = {}
-        self.down: dict[str, str] = {}
+        self.sessions = PowerShellSessions(log)
         self.online = _OnlineJobs(conn, at)
 
     def close(self) -> None:
-        for hook in self.hooks.values():
-            close_powershell(hook, self.log)
-        self.hooks.clear()
+        self.sessions.close()
         self.online.close()
 
     def run(self, farm: Farm, script: str, parameters: dict) -> list:
-        from airflow.exceptions import AirflowException
-
-        from panelflow.hooks.powershell import PowerShellOutputError, PowerShellScriptError, PowerShellUnavailable
-
-        if farm.conn_id in self.down:
-            raise JobDeferred(f"{farm.name} not tried: unreachable earlier in this run ({self.down[farm.conn_id]})")
-        try:
-            hook = self.hooks.get(farm.conn_id)
-            if hook is None:
-                hook = self.hooks[farm.conn_id] = open_powershell(farm.conn_id)
-            return hook.run_script(script, parameters)
-        except PowerShellScriptError as exc:
-            raise JobRejected(f"{farm.name}: {'; '.join(exc.errors) or 'the script failed'}") from None
-        except PowerShellOutputError as exc:
-            raise JobRejected(f"{farm.name}: {exc}") from None
-        except PowerShellUnavailable as exc:
-            self.down[farm.conn_id] = first_line(exc)
-            raise JobDeferred(f"{farm.name}: {first_line(exc)}") from None
-        except AirflowException as exc:   # the connection is missing or misconfigured: fixable, so retried
-            self.down[farm.conn_id] = first_line(exc)
-            raise JobDeferred(f"{farm.name}: connection {farm.conn_id}: {first_line(exc)}") from None
+        return self.sessions.run(farm.name, farm.conn_id, script, parameters)
 
     # -- the site a job names
     def _farm(self, name: str) -> Farm:
