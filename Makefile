@@ -14,9 +14,10 @@ $(VENV)/.installed: requirements.txt
 	$(VENV)/bin/uv pip install -q --python $(PY) -r requirements.txt
 	touch $@
 
-## Airflow 3 on http://localhost:8080 with the panel DB, demo data and pools; Ctrl-C stops it all
+## Airflow 3 on http://localhost:8080 with the panel DB, demo data and pools; Ctrl-C stops it all;
+## THREADS=billing_work,SendEmailNotificationsWork starts only those threads unpaused (a small machine)
 run: $(VENV)/.installed
-	$(PY) -m panelflow.dev.local
+	$(if $(THREADS),PANELFLOW_THREADS=$(THREADS)) $(PY) -m panelflow.dev.local
 
 ## servers the tests start on 127.0.0.1 that no wheel brings (PostgreSQL and SMTP come from the lock);
 ## samba is the Active Directory domain controller of the AD tests (under CI=true a missing one fails them);

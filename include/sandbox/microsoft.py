@@ -190,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8767)
     p.add_argument("--verbose", action="store_true")
-    modules = [m for m in ("microsoft_graph", "partner_center") if (HERE / f"{m}.py").exists()]
+    # Partner Center first: its pricing API shares Graph's /v1.0 prefix (/v1.0/sales/pricesheets) and
+    # claims only its own paths, while Graph answers every /v1.0 path (403 to a tenant it lacks)
+    modules = [m for m in ("partner_center", "microsoft_graph") if (HERE / f"{m}.py").exists()]
     for m in modules:
         load(m).add_arguments(p)
     a = p.parse_args(argv)

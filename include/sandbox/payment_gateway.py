@@ -76,6 +76,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+
+_ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def _object_id(prefix: str, length: int) -> str:
+    """Stripe's ids are base62 (``pm_1Mq…``); hex ids would now and then hold twelve digits in a
+    row and look like a card number to the checks that no card number is stored."""
+    return f"{prefix}_1" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(length - 1))
+
 DEFAULT_API_KEY = "sk_test_sandbox"
 MAX_BODY = 64 * 1024
 
@@ -373,7 +382,7 @@ class PaymentGatewaySandbox:
 
     def idempotent(self, key: str | None, method_path: str, params: dict[str, Any], run) -> tuple[int, dict, dict]:
         """(status, body, extra headers) of a POST, executed once per key: Stripe's idempotency layer."""
-        request_id = "req_" + secrets.token_hex(7)
+        request_id = _object_id("req", 14)
         if not key:
             status, body = self._run(run)
             return status, body, {"Request-Id": request_id}
@@ -419,7 +428,7 @@ class PaymentGatewaySandbox:
     # -- customers --------------------------------------------------------------------------------
 
     def create_customer(self, params: dict[str, Any]) -> dict[str, Any]:
-        customer = {"id": "cus_" + secrets.token_hex(7), "object": "customer", "created": int(time.time()),
+        customer = {"id": _object_id("cus", 14), "object": "customer", "created": int(time.time()),
                     "name": params.get("name") or None, "email": params.get("email") or None,
                     "description": params.get("description"), "metadata": _metadata(params),
                     "invoice_settings": {"default_payment_method": None}, "livemode": False}
@@ -448,7 +457,7 @@ class PaymentGatewaySandbox:
     # -- payment methods --------------------------------------------------------------------------
 
     def _new_method(self, card: Card, metadata: dict[str, str], customer: str | None = None) -> dict[str, Any]:
-        method = {"id": "pm_" + secrets.token_hex(12), "object": "payment_method", "type": "card",
+        method = {"id": _object_id("pm", 24), "object": "payment_method", "type": "card",
                   "created": int(time.time()), "customer": customer, "metadata": metadata, "livemode": False,
                   "billing_details": {"name": None, "email": None},
                   "card": {"brand": card.brand, "last4": card.last4, "exp_month": 12, "exp_year": 2034,
@@ -562,13 +571,13 @@ class PaymentGatewaySandbox:
 
     def _confirm(self, params, key, customer_id, method, card) -> dict[str, Any]:
         amount = params["amount"]
-        intent = {"id": "pi_" + secrets.token_hex(12), "object": "payment_intent", "amount": int(amount),
+        intent = {"id": _object_id("pi", 24), "object": "payment_intent", "amount": int(amount),
                   "currency": params["currency"].lower(), "customer": customer_id, "payment_method": method["id"],
                   "description": params.get("description"), "metadata": _metadata(params),
                   "created": int(time.time()), "livemode": False, "capture_method": "automatic",
                   "confirmation_method": "automatic", "payment_method_types": ["card"],
-                  "latest_charge": "ch_" + secrets.token_hex(12)}
-        intent["client_secret"] = f"{intent['id']}_secret_{secrets.token_hex(8)}"
+                  "latest_charge": _object_id("ch", 24)}
+        intent["client_secret"] = f"{intent['id']}_secret_{_object_id('', 16)[1:]}"
         if card.decline is not None:
             code, decline_code, message = card.decline
             error = {"type": "card_error", "code": code, "message": message, "charge": intent["latest_charge"],
@@ -699,9 +708,9 @@ class _Handler(BaseHTTPRequestHandler):
                 if status == 200 and body.get("object") == "payment_intent" and "Idempotent-Replayed" not in headers:
                     delay = g.answer_delay(body)
             else:
-                status, body, headers = 200, self._get(path, params), {"Request-Id": "req_" + secrets.token_hex(7)}
+                status, body, headers = 200, self._get(path, params), {"Request-Id": _object_id("req", 14)}
         except ApiError as exc:
-            status, body, headers = exc.status, exc.body, {"Request-Id": "req_" + secrets.token_hex(7)}
+            status, body, headers = exc.status, exc.body, {"Request-Id": _object_id("req", 14)}
         entry.update(status=status, replayed=headers.get("Idempotent-Replayed") == "true")
         g.record(entry)
         if delay:

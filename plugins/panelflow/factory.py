@@ -8,6 +8,7 @@ its docs, never replaced by a task that pretends to succeed.
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 import pendulum
@@ -17,6 +18,7 @@ from panelflow.alerts import ThreadFailureNotifier
 from panelflow.catalog import Catalog
 from panelflow.catalog.cache import load_catalog_cached
 from panelflow.catalog.model import Thread
+from panelflow.deadlines import deadline_alert
 from panelflow.operators import StepOperator, WaitForPendingWorkOperator
 from panelflow.overrides import ThreadOverride, applied
 from panelflow.overrides import load as load_overrides
@@ -78,6 +80,15 @@ def _doc_md(catalog: Catalog, thread: Thread, runnable: set[str], catalog_schedu
     return "\n".join(lines)
 
 
+def _starts_paused(thread: Thread, built: bool) -> bool:
+    """A thread with nothing built starts paused: its runs would do no work. So does one left out
+    of ``PANELFLOW_THREADS`` (DAG ids or thread names, comma-separated), which lets ``make run`` on
+    a small machine run only the threads one is looking at; the rest are one click away in the
+    Threads Manager. Only the first parse of a DAG reads it: Airflow keeps the paused flag after."""
+    chosen = {name.strip() for name in os.environ.get("PANELFLOW_THREADS", "").split(",") if name.strip()}
+    return not built or bool(chosen) and not chosen & {thread.dag_id, thread.name}
+
+
 def build_dag(catalog: Catalog, thread: Thread, override: ThreadOverride | None = None,
               config: dict | None = None) -> DAG:
     catalog_schedule = thread.schedule if override and override.schedule else None
@@ -99,10 +110,12 @@ def build_dag(catalog: Catalog, thread: Thread, override: ThreadOverride | None 
         max_active_runs=1,
         **(config if config is not None else _config_defaults()),
         tags=[thread.domain, *thread.tags],
-        # A thread with nothing built yet starts paused: its runs would do no work.
-        is_paused_upon_creation=not built,
+        is_paused_upon_creation=_starts_paused(thread, bool(built)),
         # a guarded run gives its run groups back when it ends, in the dag-processor (panelflow.run_groups)
         **(release_callbacks() if guarded else {}),
+        # a run not finished N minutes after it was due: one e-mail, and the health badge turns red
+        deadline=deadline_alert(thread=thread.name, minutes=thread.deadline.after_run_at_minutes,
+                                to=catalog.alert_to(thread)) if thread.deadline else None,
         default_args={
             "owner": ",".join(catalog.owners(thread)),
             "retries": catalog.retries(thread),
@@ -122,6 +135,7 @@ def build_dag(catalog: Catalog, thread: Thread, override: ThreadOverride | None 
     tz = getattr(thread.schedule, "timezone", None) or settings.timezone
     for step in built:
         common = dict(task_display_name=step.seed, timezone=tz, pool=catalog.pool(thread, step), dag=dag, verbose=verbose,
+                      thread=thread.name,
                       queue=catalog.queue(thread, step),
                       doc_md=f"**Step {step.number}** of {thread.name}: {step.seed}\n\nRuns `{step.run}`"
                              + (f" once per item of `{step.map_over}`." if step.map_over else "."))

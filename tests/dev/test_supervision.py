@@ -71,7 +71,7 @@ def follow(proc, lines: list[str]) -> threading.Thread:
 def test_every_component_killed_comes_back_and_ctrl_c_leaves_nothing(tmp_path):
     home = tmp_path / "panelflow"
     ports = {"api": free_port(), "pg": free_port(), "smtp": free_port()}
-    proc, lines = start(home, ports)
+    proc, lines = start(home, ports, PANELFLOW_THREADS="send_email_notifications_work")
     try:
         follow(proc, lines)
         password = json.loads((home / "secrets.json").read_text())["admin_password"]

@@ -112,7 +112,8 @@ def live(tmp_path_factory):
     chromium()  # fail or skip before paying for the start
     home = tmp_path_factory.mktemp("threads-manager") / "panelflow"
     ports = {"api": free_port(), "pg": free_port(), "smtp": free_port()}
-    proc, _ = start(home, ports, AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="admin:admin,viewer:viewer")
+    proc, _ = start(home, ports, AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="admin:admin,viewer:viewer",
+                    PANELFLOW_THREADS="monitoring_work,domain_verification,sessions_mgt_work")
     try:
         yield Live(home, ports["api"])
     finally:

@@ -334,7 +334,9 @@ def main() -> int:
         password = sup._secrets()["admin_password"]
         print(
             f"\npanelflow is up: http://localhost:{sup.api_port}  (login: admin / {password})\n"
-            f"  alert e-mails are kept in {sup.home / 'mail'}; Ctrl-C stops everything\n",
+            f"  alert e-mails are kept in {sup.home / 'mail'}; Ctrl-C stops everything\n"
+            + (f"  threads started unpaused on first start: {os.environ['PANELFLOW_THREADS']} (PANELFLOW_THREADS)\n"
+               if os.environ.get("PANELFLOW_THREADS") else ""),
             flush=True,
         )
         while True:

@@ -662,6 +662,12 @@ def test_sandbox_command_line_and_the_make_run_connections(db, sql, monkeypatch)
         assert sync_azure_rate_card(db, DAY, LOG)["rates_added"] == 20
         prices = httpx.get(f"{base}/api/retail/prices", params={"currencyCode": "'GBP'"}).json()
         assert prices["Count"] == 10 and prices["BillingCurrency"] == "GBP"
+        # BillingWork 5 reads the partner's price sheets: Partner Center's /v1.0/sales route, not
+        # Graph's /v1.0 (which does not know the partner's tenant) answers them
+        from panelflow.steps.o365_prices import o365_price_update_notifications
+
+        assert o365_price_update_notifications(db, DAY, {}, LOG)["price_rows_published"] >= 0
+        assert sql("SELECT count(*) FROM o365_price_sheets")[0][0] >= 1
     finally:
         proc.terminate()
         assert proc.wait(10) == 0

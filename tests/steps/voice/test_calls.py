@@ -68,6 +68,20 @@ def test_each_call_that_ended_in_the_interval_is_imported_once_for_its_callers_s
     assert sql("SELECT count(*), count(DISTINCT callid) FROM sip_usage") == [(6, 6)]
 
 
+def test_a_call_id_twice_in_the_days_records_is_imported_once(voice_db, platform, companies, sql):
+    """The fast insert (NOT EXISTS, no ON CONFLICT) meets the unique key; the import then skips the
+    duplicate instead of failing the platform on every rerun."""
+    cdr(platform, "dup", "alice", "acme.test", "+447700900123", "acme.test", 1, 20)
+    cdr(platform, "dup", "alice", "acme.test", "+447700900123", "acme.test", 2, 20)   # a second CDR, same Call-ID
+    cdr(platform, "c5", "bob", "globex.test", "alice", "acme.test", 3, 12)
+
+    summary = import_sip_call_records(voice_db, RUN)
+
+    assert summary["failed_platforms"] == []
+    assert (summary["records_read"], summary["records_imported"], summary["records_already_imported"]) == (3, 2, 1)
+    assert [(c, d) for c, _, _, _, d, _ in usage(sql)] == [("c5", 12), ("dup", 20)]
+
+
 def test_records_the_panel_cannot_bill_are_counted_and_named_not_lost(voice_db, platform, companies, sql):
     cdr(platform, "u1", "mallory", "acme.test", "4420", "acme.test", 1, 10)          # no such subscriber
     cdr(platform, "u2", "zed", "elsewhere.test", "4420", "elsewhere.test", 2, 10)     # no such company
