@@ -4,12 +4,21 @@ A task-level ``on_failure_callback`` (it runs in the worker after the last try),
 can name the step, the try and the error. Sent through the Airflow SMTP connection
 ``smtp_default`` by the SMTP provider's hook: the server and its credentials live in the
 connection, never here.
+
+Before the mail, the failure is recorded in the panel DB's ``step_failures``
+(panelflow.services.digest.record_failure) for the daily digest and a year's history: the panel
+DB reached through the hook the StepOperator writes run counts with, the day being the one the
+run's data interval ends on in the step's time zone (as the run counts are). Recording is best
+effort: a database that is down must not cost the alert, so its error is logged, never raised,
+and the e-mail is sent either way.
 """
 
 from __future__ import annotations
 
 import html
 import traceback
+from datetime import datetime, timezone
+from zoneinfo import ZoneInfo
 
 from airflow.sdk import BaseNotifier
 
@@ -60,7 +69,38 @@ class ThreadFailureNotifier(BaseNotifier):
         )
         return subject, content
 
+    def record(self, context) -> bool:
+        """Keep this failure in ``step_failures`` (once per try); False when not recorded.
+
+        The step's time zone is the task's (a StepOperator's ``timezone``, the one its run counts
+        use), else its DAG's, else UTC. Never raises: see the module's docstring.
+        """
+        ti = context.get("ti")
+        if ti is None:
+            return False
+        try:
+            from panelflow.operators import _panel_db, run_interval
+            from panelflow.services.digest import record_failure
+
+            tz = getattr(context.get("task"), "timezone", None)
+            if not isinstance(tz, str) or not tz:  # not a StepOperator: the DAG's zone (the catalog's)
+                tz = getattr(getattr(context.get("dag"), "timezone", None), "name", None) or "UTC"
+            ended = getattr(ti, "end_date", None)
+            failed_at = ended if isinstance(ended, datetime) else datetime.now(timezone.utc)
+            day = run_interval(context, tz).end.astimezone(ZoneInfo(tz)).date()
+            with _panel_db().get_conn() as conn:
+                record_failure(conn, dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id,
+                               map_index=getattr(ti, "map_index", None), try_number=ti.try_number,
+                               thread=self.thread, step_id=ti.task_id, failed_at=failed_at, run_day=day,
+                               error=error_tail(context.get("exception")))
+            return True
+        except Exception:  # noqa: BLE001 - the alert matters more than its record
+            self.log.warning("%s: failure of %s not recorded in step_failures (the alert still goes)",
+                             self.thread, getattr(ti, "task_id", "?"), exc_info=True)
+            return False
+
     def notify(self, context) -> None:
+        self.record(context)
         if not self.to:
             self.log.warning("no alert addresses for %s; failure not mailed", self.thread)
             return

@@ -3,7 +3,8 @@
 
 ``StepOperator`` runs one catalog step: it imports the step function only when the task
 executes (parsing a DAG never loads a backend library) and hands it what its signature asks
-for — the run's data interval as its clock, the panel DB hook, the run's params.
+for — the run's data interval as its clock, the panel DB hook, the run's params. When the step
+returns, its summary's counts are recorded in the panel DB (``panelflow.services.run_counts``).
 
 ``WaitForPendingWorkOperator`` starts a daemon thread's run: it defers to the triggerer until
 the thread's panel-DB queue has pending rows, so an idle daemon holds no worker slot.
@@ -17,6 +18,7 @@ import json
 import logging
 import time
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from airflow.sdk import BaseOperator
 
@@ -68,10 +70,12 @@ class StepOperator(BaseOperator):
     template_fields = ()
     ui_color = "#e8f1fb"
 
-    def __init__(self, *, run: str, timezone: str = "UTC", item: Any = None, verbose: bool = False, **kwargs):
+    def __init__(self, *, run: str, timezone: str = "UTC", item: Any = None, verbose: bool = False,
+                 thread: str | None = None, **kwargs):
         super().__init__(**kwargs)
         self.run = run
         self.timezone = timezone
+        self.thread = thread  # the catalog thread's name, under which its run counts are kept
         self.item = item  # a mapped instance's item (``expand(item=…)``)
         self.verbose = verbose
         self._debug_log = None  # this task's logger at DEBUG, when verbose
@@ -96,7 +100,34 @@ class StepOperator(BaseOperator):
             self.step_log.debug("verbose logging (Threads Manager): %s returned after %.3f s: %s", self.run,
                                 time.monotonic() - started, _dump(summary))
         self.log.info("%s: %s", self.task_id, summary)
+        self._record_counts(context, summary)
         return summary
+
+    def _record_counts(self, context, summary) -> None:
+        """Keep the summary's counts for the Threads Manager: one row per task instance.
+
+        Written after the step returned, so the step's work is committed already. A failure to
+        write the counts is logged and the task still succeeds: failing it would retry a step
+        whose side effects (charges, e-mails, deletes) are done — a lost count is the smaller
+        harm. Lists (a ``map_over`` lister's items) are not counts and are not recorded; neither
+        is a call outside a task run (no task instance in the context).
+        """
+        ti = context.get("ti")
+        if ti is None or not isinstance(summary, dict):
+            return
+        try:
+            from panelflow.services import run_counts
+
+            day = run_interval(context, self.timezone).end.astimezone(ZoneInfo(self.timezone)).date()
+            with _panel_db().get_conn() as conn:
+                run_counts.record(
+                    conn, dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id,
+                    map_index=-1 if ti.map_index is None else ti.map_index,
+                    thread=self.thread or self.dag_id, step_id=ti.task_id, run_day=day,
+                    try_number=ti.try_number, summary=summary,
+                )
+        except Exception:  # noqa: BLE001 - see the docstring: never fail a step that did its work
+            self.log.warning("%s: run counts not recorded (the step's work stands)", self.task_id, exc_info=True)
 
     def _log_at_debug(self) -> None:
         """This task's logger at DEBUG (Airflow's task logger filters at ``[logging] logging_level``).

@@ -237,3 +237,54 @@ def test_a_step_may_run_on_nodes_of_its_own(tmp_path):
     assert catalog.queue(thread, expire) == "remoting" and catalog.queue(thread, history) == "master"
     msg = only(tmp_path, body.replace("nodes: [remoting]", "nodes: [remotin]"))
     assert "thread SessionsMgtWork, field steps.expire_sessions.nodes: unknown node 'remotin'" in msg
+
+
+# -- Automation status: count labels and deadlines ----------------------------------------------
+
+def test_labels_and_a_deadline_load_in_step_order(tmp_path):
+    body = GOOD_THREAD.replace("    nodes: [master]\n", "    nodes: [master]\n    deadline: {after_run_at_minutes: 240}\n")
+    body = body.replace("        run: panelflow.steps.sessions.expire_sessions\n",
+                        "        run: panelflow.steps.sessions.expire_sessions\n"
+                        '        labels: {expired: "{n} sessions expired", kept: "{n} kept"}\n')
+    body = body.replace("        run: panelflow.steps.sessions.delete_old_session_history\n",
+                        "        run: panelflow.steps.sessions.delete_old_session_history\n"
+                        '        labels: {deleted: "{n} history rows deleted"}\n')
+    catalog = load_catalog(write(tmp_path, body))
+    thread = catalog.threads[0]
+    assert thread.deadline.after_run_at_minutes == 240
+    assert catalog.labels(thread) == catalog.labels("SessionsMgtWork") == [
+        ("expire_sessions", "expired", "{n} sessions expired"), ("expire_sessions", "kept", "{n} kept"),
+        ("delete_old_session_history", "deleted", "{n} history rows deleted")]
+
+
+@pytest.mark.parametrize("labels,why", [
+    ('{expired: "sessions expired"}', "with {n} where the number goes"),
+    ('{expired: "{n} of {count}"}', "may only use {n} in braces"),
+    ('{expired: "{n} sessions {"}', "may only use {n} in braces"),
+    ('{Expired: "{n} sessions"}', "is not a summary key"),
+    ('{expired: 3}', "Input should be a valid string"),
+])
+def test_a_bad_label_names_its_file_line_thread_and_field(tmp_path, labels, why):
+    body = GOOD_THREAD.replace("        run: panelflow.steps.sessions.expire_sessions\n",
+                               f"        run: panelflow.steps.sessions.expire_sessions\n        labels: {labels}\n")
+    msg = only(tmp_path, body)
+    assert msg.startswith(f"{tmp_path}/threads.yaml:13: thread SessionsMgtWork, field steps.expire_sessions.labels"), msg
+    assert why in msg
+
+
+@pytest.mark.parametrize("deadline,why", [
+    ("{after_run_at_minutes: 0}", "greater than or equal to 1"),
+    ("{after_run_at_minutes: 1441}", "less than or equal to 1440"),
+    ("{after_run_at_minutes: 30, hours: 4}", "Extra inputs are not permitted"),
+])
+def test_a_bad_deadline_names_its_file_line_thread_and_field(tmp_path, deadline, why):
+    msg = only(tmp_path, GOOD_THREAD.replace("    nodes: [master]\n", f"    nodes: [master]\n    deadline: {deadline}\n"))
+    assert msg.startswith(f"{tmp_path}/threads.yaml:8: thread SessionsMgtWork, field deadline"), msg
+    assert why in msg
+
+
+def test_a_daemon_thread_has_no_deadline(tmp_path):
+    body = GOOD_THREAD.replace("schedule: {kind: periodic, every: 15, align_to: 7}",
+                               "schedule: {kind: daemon, queue: group_actions.sip}")
+    msg = only(tmp_path, body.replace("    nodes: [master]\n", "    nodes: [master]\n    deadline: {after_run_at_minutes: 30}\n"))
+    assert msg.startswith(f"{tmp_path}/threads.yaml:8: thread SessionsMgtWork, field deadline: a daemon's run"), msg

@@ -106,6 +106,12 @@ class Catalog:
     def alert_to(self, thread: Thread) -> list[str]:
         return thread.alert_to if thread.alert_to is not None else self.domains[thread.domain].alert_to
 
+    def labels(self, thread: Thread | str) -> list[tuple[str, str, str]]:
+        """(step_id, summary key, words with ``{n}``) of a thread's counts, in step order: the
+        Threads Manager words its totals from the catalog, never from code of its own."""
+        thread = self.thread(thread) if isinstance(thread, str) else thread
+        return [(s.id, key, words) for s in thread.steps for key, words in s.labels.items()]
+
     def retries(self, thread: Thread) -> int:
         return self.settings.defaults.retries if thread.retries is None else thread.retries
 
@@ -366,6 +372,9 @@ def load_catalog(directory: Path | str | None = None, *, check_steps: bool = Tru
         for j, n in enumerate(t.nodes):
             if n not in nodes:
                 problems.append(_fmt(src.file, here("nodes", j), t.name, "nodes", f"unknown node {n!r}; known: {sorted(nodes)}"))
+        if t.deadline is not None and t.schedule is not None and t.schedule.kind == "daemon":
+            problems.append(_fmt(src.file, here("deadline"), t.name, "deadline",
+                                 "a daemon's run waits for work and has no run-at time: remove the deadline"))
         if t.schedule is not None and t.schedule.kind == "daemon" and t.schedule.queue not in QUEUES:
             problems.append(_fmt(src.file, here("schedule", "queue"), t.name, "schedule.queue",
                                  f"unknown queue {t.schedule.queue!r}; known: {sorted(QUEUES)}"))

@@ -130,10 +130,37 @@ class Step(Strict):
     # run starts, and ``run`` becomes one mapped task instance per item (``item`` input),
     # as many at a time as the step's pool allows.
     map_over: str | None = Field(default=None, pattern=r"^panelflow\.steps\.[a-z0-9_.]+\.[a-z_][a-z0-9_]*$")
+    # The words the Threads Manager shows for the counts this step reports: summary key → words
+    # with ``{n}`` where the number goes ("{n} charges approved"). Whether the step really returns
+    # the key is only known when it runs, so only the shape is checked here.
+    labels: dict[str, str] = {}
+
+    @field_validator("labels")
+    @classmethod
+    def _label_words(cls, values: dict[str, str]) -> dict[str, str]:
+        for key, words in values.items():
+            if not re.match(r"^[a-z][a-z0-9_]*$", key) or len(key) > 100:
+                raise ValueError(f"label key {key!r} is not a summary key (snake_case, at most 100 characters)")
+            if not isinstance(words, str) or "{n}" not in words:
+                raise ValueError(f"label of {key!r} must be text with {{n}} where the number goes, got {words!r}")
+            if len(words) > 120 or "\n" in words:
+                raise ValueError(f"label of {key!r} must be one line of at most 120 characters")
+            try:
+                words.format(n=0)
+            except (KeyError, IndexError, ValueError):
+                raise ValueError(f"label of {key!r} may only use {{n}} in braces, got {words!r}") from None
+        return values
 
     @property
     def implemented(self) -> bool:
         return self.run is not None
+
+
+class Deadline(Strict):
+    """A run not finished this long after its scheduled run-at time is late: one e-mail to the
+    thread's owners, and the Threads Manager's health badge turns red."""
+
+    after_run_at_minutes: int = Field(ge=1, le=24 * 60)
 
 
 class Legacy(Strict):
@@ -155,6 +182,7 @@ class Thread(Strict):
     alert_to: list[str] | None = None
     retries: int | None = Field(default=None, ge=0, le=10)
     timeout_minutes: int | None = Field(default=None, ge=1, le=24 * 60)
+    deadline: Deadline | None = None
     steps: list[Step] = []
 
     @field_validator("alert_to")
@@ -224,10 +252,27 @@ class RunGroup(Strict):
 
 
 class Domain(Strict):
+    """A domain's owners (team names) and alert addresses.
+
+    ``daily_digest``: one e-mail a day to ``alert_to`` with the day before's failures, the open
+    failed actions and the domain's thread counts (panelflow.services.digest); off unless asked
+    for, so no domain gets mail it did not choose. ``digest_after``: the local time (catalog
+    time zone) from which that day's digest is queued — the night's runs are done by then.
+    """
+
     owners: list[str] = Field(min_length=1)
     alert_to: list[str] = []
+    daily_digest: bool = False
+    digest_after: str = "06:00"
 
     @field_validator("alert_to")
     @classmethod
     def _emails(cls, values: list[str]) -> list[str]:
         return _check_emails(values)
+
+    @field_validator("digest_after")
+    @classmethod
+    def _digest_time(cls, value: str) -> str:
+        if not isinstance(value, str) or not HHMM.match(value):
+            raise ValueError(f"bad digest_after time {value!r}: use HH:MM between 00:00 and 23:59")
+        return value

@@ -89,3 +89,12 @@ PANEL_WRITERS: dict[str, str] = {
     "config_template_settings": "The settings of a configuration-studio template, saved with it (0029).",
     "config_applications": "The panel queues a template for a server when staff apply it (0029).",
 }
+
+
+# Tables panelflow's own machinery writes — the task runtime and the Threads Manager, neither a
+# step nor the panel — that a step reads (the daily digest of SendEmailNotificationsWork).
+PANELFLOW_WRITERS: dict[str, str] = {
+    "step_run_counts": "The StepOperator records each successful try's summary counts (services.run_counts, 0040).",
+    "step_failures": "The failure callback (alerts.ThreadFailureNotifier) records each step failed for good (0042).",
+    "failed_action_dismissals": "An operator's Dismiss in the Threads Manager's failed-actions queue (0041).",
+}

@@ -8,6 +8,10 @@ are calls of Airflow's own REST API from the browser with the user's session, an
 and logging overrides are kept in an Airflow Variable that the DAG factory applies
 (panelflow/overrides.py). Airflow puts no authentication in front of plugin apps, so every
 endpoint here asks Airflow's auth manager itself.
+
+The Automation Status tabs (automation.py, status.py) add what the panel DB knows: the day's
+business counts in the catalog's words, the health badge, the failed-actions queue and the
+emergency stop, each change recorded in the panel DB's ``automation_actions`` with the user.
 """
 
 URL_PREFIX = "/threads-manager"

@@ -25,12 +25,12 @@ from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_da
 from airflow.api_fastapi.logging.decorators import action_logging
 
 from panelflow.catalog import CatalogError
-from panelflow.manager import URL_PREFIX, data, store
+from panelflow.manager import URL_PREFIX, automation, data, store
 from panelflow.overrides import OverrideError, validate_schedule
 from panelflow.schedules import describe
 
 HERE = Path(__file__).resolve().parent
-STATIC = {"manager.js": "text/javascript", "manager.css": "text/css"}
+STATIC = {"manager.js": "text/javascript", "automation.js": "text/javascript", "manager.css": "text/css"}
 _templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
 
 
@@ -167,4 +167,5 @@ def create_app() -> FastAPI:
         return _answer(_save(session, catalog, dag_id, user, lambda e: {**e, "verbose_logging": enabled or None}),
                        thread, catalog)
 
+    automation.add_routes(app, ReadableDags, lambda: _catalog()[0], lambda catalog: store.read(catalog)[0])
     return app

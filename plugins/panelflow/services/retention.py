@@ -28,13 +28,17 @@ def delete_older_than(
     interval_end: datetime,
     max_rows: int,
     batch_size: int,
+    key: tuple[str, ...] = ("id",),
 ) -> dict[str, Any]:
+    """``key``: the table's primary key columns (``id`` for most; ``step_run_counts`` has a natural
+    key of four columns). ``cutoff`` may be a date for a date column."""
     if batch_size < 1 or max_rows < 1:
         raise ValueError("batch_size and max_rows must be positive")
+    keys = sql.SQL(", ").join(map(sql.Identifier, key))
     delete = sql.SQL(
-        "DELETE FROM {t} WHERE id IN ("
-        " SELECT id FROM {t} WHERE {c} < %s ORDER BY {c}, id LIMIT %s FOR UPDATE SKIP LOCKED)"
-    ).format(t=sql.Identifier(table), c=sql.Identifier(column))
+        "DELETE FROM {t} WHERE ({k}) IN ("
+        " SELECT {k} FROM {t} WHERE {c} < %s ORDER BY {c}, {k} LIMIT %s FOR UPDATE SKIP LOCKED)"
+    ).format(t=sql.Identifier(table), c=sql.Identifier(column), k=keys)
     deleted = batches = 0
     budget_left = max_rows
     # At most ceil(max_rows / batch_size) batches delete anything; one more may find the budget spent.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
@@ -11,6 +12,7 @@ from psycopg.types.json import Jsonb
 
 from panelflow.services.outbox import INSERT_MESSAGE, message_id, send_due
 
+log = logging.getLogger(__name__)
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 EXPAND_CHUNK = 2000
 MAX_EXPAND_PER_RUN = 200_000  # bounded: a bigger campaign continues in the next run
@@ -22,9 +24,39 @@ def _claimer() -> str:
 
 
 def send_due_emails(panel_db, interval) -> dict:
-    """Process notifications and send due emails: every outbox message due at the run's clock."""
+    """Process notifications and send due emails: every outbox message due at the run's clock.
+
+    The daily digest rides along (panelflow.services.digest): first, each domain whose settings
+    say ``daily_digest: true`` and whose ``digest_after`` has passed gets yesterday's digest
+    queued — once a day, under its dedupe key — so it goes out in this same run. This step runs
+    every minute and already owns the SMTP path, so the digest needs no thread of its own; its
+    clock is the run's (data interval end, catalog time zone), never the wall clock. The summary
+    gains ``digests_queued`` only in a run that queued one, so it is unchanged when the feature
+    is off. A digest that cannot be composed (catalog or DB error) is logged and reported as
+    ``digest_error``; it never holds back the mail that is due.
+    """
     with panel_db.get_conn() as conn:
-        return send_due(conn, as_of=interval.end, claimer=_claimer())
+        digests = _queue_digests(conn, interval)
+        summary = send_due(conn, as_of=interval.end, claimer=_claimer())
+    return {**summary, **digests}
+
+
+def _queue_digests(conn, interval) -> dict:
+    """What the summary says of the digests: ``{}`` unless one was queued (or failed to be)."""
+    from zoneinfo import ZoneInfo
+
+    from panelflow.catalog.cache import load_catalog_cached
+    from panelflow.services.digest import queue_daily_digests
+
+    try:
+        catalog = load_catalog_cached()
+        today = interval.end.astimezone(ZoneInfo(catalog.settings.timezone)).date()
+        done = queue_daily_digests(conn, catalog, today, interval.end)
+    except Exception as exc:  # noqa: BLE001 - the due mail goes out whatever the digest's trouble
+        log.warning("daily digest not queued; due mail is still sent", exc_info=True)
+        conn.rollback()
+        return {"digest_error": f"{type(exc).__name__}: {exc}"[:300]}
+    return {"digests_queued": done["digests_queued"]} if done["digests_queued"] else {}
 
 
 def _sandbox():

@@ -7,6 +7,9 @@ removes what was old on its own date.
 
 from __future__ import annotations
 
+from datetime import timedelta
+from zoneinfo import ZoneInfo
+
 from dateutil.relativedelta import relativedelta
 from psycopg import sql
 
@@ -26,10 +29,43 @@ def _purge(panel_db, interval, *, task: str, table: str, column: str, age: relat
         )
 
 
+# Run counts (``step_run_counts``, the Threads Manager's history) and step failures
+# (``step_failures``) are kept 400 days, so a year of daily totals, and the same day last year,
+# are always there.
+RUN_COUNTS_DAYS = 400
+
+
 def delete_old_service_queue_logs(panel_db, interval) -> dict:
-    """Delete 90 days old service queue logs."""
-    return _purge(panel_db, interval, task="delete_old_service_queue_logs", table="service_queue_logs",
-                  column="logged_at", age=relativedelta(days=90))
+    """Delete 90 days old service queue logs; and run counts and step failures older than RUN_COUNTS_DAYS.
+
+    The run counts ride along with this step (ProvisioningWork's first log clean-up, every 10
+    minutes) rather than a step of their own, so the DAG keeps the seed's steps; each table has
+    its own bounded budget per run.
+    """
+    summary = _purge(panel_db, interval, task="delete_old_service_queue_logs", table="service_queue_logs",
+                     column="logged_at", age=relativedelta(days=90))
+    return {**summary, **prune_run_counts(panel_db, interval)}
+
+
+def prune_run_counts(panel_db, interval) -> dict:
+    """Run counts and step failures (``step_failures``, the daily digest's) whose run day is more
+    than RUN_COUNTS_DAYS before the run's day (thread's zone): the two are one history, kept
+    alike. Each table has its own bounded budget per run."""
+    day = interval.end.astimezone(ZoneInfo(interval.tz)).date()
+    cutoff = day - timedelta(days=RUN_COUNTS_DAYS)
+    with panel_db.get_conn() as conn:
+        pruned = delete_older_than(
+            conn, task="prune_step_run_counts", table="step_run_counts", column="run_day",
+            cutoff=cutoff, interval_end=interval.end,
+            max_rows=DEFAULT_MAX_ROWS, batch_size=BATCH, key=("dag_id", "run_id", "task_id", "map_index"),
+        )
+        failures = delete_older_than(
+            conn, task="prune_step_failures", table="step_failures", column="run_day",
+            cutoff=cutoff, interval_end=interval.end, max_rows=DEFAULT_MAX_ROWS, batch_size=BATCH,
+            key=("dag_id", "run_id", "task_id", "map_index", "try_number"),
+        )
+    return {"run_counts_deleted": pruned["deleted"], "run_counts_cutoff": pruned["cutoff"],
+            "step_failures_deleted": failures["deleted"]}
 
 
 def delete_old_voice_bill_records(panel_db, interval) -> dict:

@@ -185,6 +185,8 @@ def test_hostmatic_jobs_rename_and_drop_mysql_users_on_the_server(hosting, hosti
     summary = run(hosting)
 
     assert summary["hostmatic"]["succeeded"] == 2 and summary["hostmatic"]["failed"] == 1
+    assert (summary["succeeded"], summary["failed"]) == (summary["general"]["succeeded"] + 2,
+                                                         summary["general"]["failed"] + 1)   # both queues
     state = hosting.jobs()
     assert state[rename][2] == {"server": "DB01", "login": "h12_joanna", "renamed": True}
     assert state[delete][2] == {"server": "DB01", "login": "h12_al", "dropped": True}

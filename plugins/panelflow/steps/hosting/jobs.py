@@ -463,7 +463,9 @@ def process_general_group_actions(panel_db, interval, params=None, log=None) -> 
                                               actions=HOSTMATIC_ACTIONS, report=StepReport(), conn=conn)
         finally:
             jobs.close()
-        summary = {"general": general, "hostmatic": hostmatic}
+        # both queues' jobs counted at the top level too: the Threads Manager keeps top-level counts only
+        summary = {key: general.get(key, 0) + hostmatic.get(key, 0) for key in ("succeeded", "failed", "retry_later")}
+        summary.update(general=general, hostmatic=hostmatic)
         if configured(conn) == 0:
             summary["note"] = NO_SERVERS
     return summary
