@@ -276,3 +276,29 @@ def base_url_of(conn, conn_id: str, default: str | None = None, *, missing: str 
     if scheme not in ("http", "https"):
         raise ValueError(f"connection {conn_id!r}: schema must be http or https, not {scheme!r}")
     return f"{scheme}://{host}:{conn.port}" if conn.port else f"{scheme}://{host}"
+
+
+def oauth_token(response, where: str, *, refused: type, malformed: type, message=error_message,
+                default_lifetime: float | None = None, max_lifetime: float | None = None) -> tuple[str, float]:
+    """A client-credentials sign-in's answer (RFC 6749 5.1/5.2) read alike for every vendor: the
+    token — masked in every log from here on — and its lifetime in seconds. A refusal raises
+    ``refused`` with the server's words; an answer without a token, or without a lifetime when no
+    ``default_lifetime`` stands in for it, raises ``malformed``."""
+    payload = json_object(response) or {}
+    if response.status_code != 200:
+        raise refused(f"{where} refused (HTTP {response.status_code}): {message(response)}",
+                      http_status=response.status_code, code=payload.get("error"))
+    token, lifetime = payload.get("access_token"), payload.get("expires_in")
+    try:
+        lifetime = float(lifetime)
+    except (TypeError, ValueError):
+        lifetime = default_lifetime
+    if not isinstance(token, str) or not token or lifetime is None:
+        raise malformed(f"{where}: the token answer has no access_token/expires_in")
+    try:  # the token never reaches a log in clear, should anything print it
+        from airflow.sdk.log import mask_secret
+
+        mask_secret(token)
+    except Exception:  # pragma: no cover - masking is a safeguard, not a precondition
+        pass
+    return token, min(lifetime, max_lifetime) if max_lifetime is not None else lifetime

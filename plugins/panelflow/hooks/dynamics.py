@@ -41,7 +41,9 @@ from urllib.parse import quote, urlsplit
 from uuid import UUID
 
 from panelflow.hooks._extras import extra_number
-from panelflow.hooks._http import HttpApiHook, RequestRefused, error_message, iso_time, json_object, text_value
+from panelflow.hooks._http import (
+    HttpApiHook, RequestRefused, error_message, iso_time, json_object, oauth_token, text_value,
+)
 
 DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
 API_PATH = "/api/data/v9.2"
@@ -213,22 +215,8 @@ class DynamicsHook(HttpApiHook):
         url, form = self._token_request
         where = f"{self._where}: sign-in to tenant {self.tenant_id}"
         response = self._with_retries(lambda: self._answer("POST", url, data=form), self._unavailable(where))
-        payload = json_object(response) or {}
-        if response.status_code != 200:
-            raise DynamicsAuthenticationError(
-                f"{where} refused (HTTP {response.status_code}):"
-                f" {payload.get('error_description') or payload.get('error') or response.reason_phrase}",
-                http_status=response.status_code, code=payload.get("error"))
-        token, lifetime = payload.get("access_token"), payload.get("expires_in")
-        if not isinstance(token, str) or not token or not isinstance(lifetime, (int, float, str)):
-            raise DynamicsResponseError(f"{where}: the token answer has no access_token/expires_in")
-        try:  # the token never reaches a log in clear
-            from airflow.sdk.log import mask_secret
-
-            mask_secret(token)
-        except Exception:  # pragma: no cover - masking is a safeguard, not a precondition
-            pass
-        lifetime = float(lifetime)
+        token, lifetime = oauth_token(response, where, refused=DynamicsAuthenticationError,
+                                      malformed=DynamicsResponseError)
         self._access_token = token
         self._token_expires = self._clock() + lifetime - min(TOKEN_MARGIN, lifetime / 2)
         self.tokens_acquired += 1

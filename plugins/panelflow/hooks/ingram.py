@@ -37,7 +37,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from panelflow.hooks._http import HttpApiHook, RequestRefused, Retryable, json_object, retry_after, text_value
+from panelflow.hooks._http import (
+    HttpApiHook, RequestRefused, Retryable, json_object, oauth_token, retry_after, text_value,
+)
 
 DEFAULT_BASE_URL = "https://api.ingrammicro.com:443"
 DEFAULT_TOKEN_PATH = "/oauth/oauth20/token"
@@ -131,23 +133,9 @@ class IngramHook(HttpApiHook):
             lambda: self._answer("POST", self._token_path, data=self._token_form,
                                  headers={"Content-Type": "application/x-www-form-urlencoded"}),
             lambda reason: IngramUnavailable(f"{where}: {reason}"))
-        payload = json_object(response) or {}
-        if response.status_code != 200:
-            raise IngramAuthenticationError(f"{where} refused (HTTP {response.status_code}): {_message(response)}",
-                                            http_status=response.status_code, code=payload.get("error"))
-        token, lifetime = payload.get("access_token"), payload.get("expires_in")
-        if not isinstance(token, str) or not token:
-            raise IngramResponseError(f"{where}: the answer has no access_token")
-        try:
-            lifetime = min(float(lifetime), MAX_TOKEN_LIFETIME)
-        except (TypeError, ValueError):
-            lifetime = MAX_TOKEN_LIFETIME
-        try:  # the token never reaches a log in clear
-            from airflow.sdk.log import mask_secret
-
-            mask_secret(token)
-        except Exception:  # pragma: no cover - masking is a safeguard, not a precondition
-            pass
+        token, lifetime = oauth_token(response, where, refused=IngramAuthenticationError, malformed=IngramResponseError,
+                                      message=_message, default_lifetime=MAX_TOKEN_LIFETIME,
+                                      max_lifetime=MAX_TOKEN_LIFETIME)
         self._access_token = token
         self._token_expires = self._clock() + lifetime - min(TOKEN_MARGIN, lifetime / 2)
         self.tokens_acquired += 1

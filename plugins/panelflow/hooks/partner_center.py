@@ -63,6 +63,7 @@ from panelflow.hooks._http import (
     iso_date,
     iso_time,
     json_object,
+    oauth_token,
     text_value,
 )
 
@@ -284,23 +285,8 @@ class PartnerCenterHook(HttpApiHook):
         form = {**form, "scope": scope}
         where = f"Partner Center connection {self.partner_center_conn_id!r}: sign-in to tenant {self.tenant_id}"
         response = self._with_retries(lambda: self._answer("POST", url, data=form), self._unavailable(where))
-        payload = json_object(response)
-        if response.status_code != 200:
-            detail = (payload or {}).get("error_description") or (payload or {}).get("error") or response.reason_phrase
-            raise PartnerCenterAuthenticationError(f"{where} refused (HTTP {response.status_code}): {detail}",
-                                                   http_status=response.status_code,
-                                                   code=(payload or {}).get("error"))
-        token = (payload or {}).get("access_token")
-        lifetime = (payload or {}).get("expires_in")
-        if not isinstance(token, str) or not token or not isinstance(lifetime, (int, float, str)):
-            raise PartnerCenterResponseError(f"{where}: the token answer has no access_token/expires_in")
-        lifetime = float(lifetime)
-        try:  # the token never reaches a log in clear, should anything print it
-            from airflow.sdk.log import mask_secret
-
-            mask_secret(token)
-        except Exception:  # pragma: no cover - masking is a safeguard, not a precondition
-            pass
+        token, lifetime = oauth_token(response, where, refused=PartnerCenterAuthenticationError,
+                                      malformed=PartnerCenterResponseError)
         self._tokens[scope] = (token, self._clock() + lifetime - min(TOKEN_MARGIN, lifetime / 2))
         self.tokens_acquired += 1
         return token
