@@ -278,6 +278,9 @@ def test_writes_refuse_anonymous_forged_and_viewer_callers_and_reads_need_a_read
     code, queue = live.http("GET", f"{PAGE}/api/automation/failed", token=live.viewer_token)
     assert code == 200 and queue["can_edit"] is False and queue["audit"] == []   # nothing was recorded
     assert panel_sql(live, "SELECT count(*) FROM emergency_stops") == [(0,)]
+    # the workflow approval page is mounted beside them and asks no sign-in: the link's token is the credential
+    code, body = live.http("GET", f"{PAGE}/workflow-approval?token=nope&decision=approved", accept="text/html")
+    assert code == 404 and "This link is not valid." in body
 
 
 def _exchange_jobs(live) -> dict[str, int]:

@@ -25,7 +25,7 @@ from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_da
 from airflow.api_fastapi.logging.decorators import action_logging
 
 from panelflow.catalog import CatalogError
-from panelflow.manager import URL_PREFIX, automation, data, store
+from panelflow.manager import URL_PREFIX, approvals, automation, data, store
 from panelflow.overrides import OverrideError, validate_schedule
 from panelflow.schedules import describe
 
@@ -168,4 +168,5 @@ def create_app() -> FastAPI:
                        thread, catalog)
 
     automation.add_routes(app, ReadableDags, lambda: _catalog()[0], lambda catalog: store.read(catalog)[0])
+    approvals.add_routes(app, _templates, automation.panel_conn)   # an approver's e-mailed link: no sign-in
     return app

@@ -25,6 +25,7 @@ and only decisions and job ends at or before it count — a decision after the d
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import secrets
 from dataclasses import dataclass
@@ -120,6 +121,15 @@ ORDER BY occurred_at, id
 """
 
 
+def approval_page_url() -> str | None:
+    """The deployment's own approval page (the Threads Manager's ``/workflow-approval``, which needs no
+    Airflow sign-in) under ``PANELFLOW_BASE_URL``, the address Airflow is served at; None without it."""
+    from panelflow.manager import URL_PREFIX
+
+    base = os.environ.get("PANELFLOW_BASE_URL", "").rstrip("/")
+    return f"{base}{URL_PREFIX}/workflow-approval" if base.startswith(("http://", "https://")) else None
+
+
 def process_workflows(panel_db, interval, params=None, log=None) -> dict:
     """Process workflows created in system: start the pending ones and move each running one on
     by what happened since (a job ended, an approval given or refused, a deadline passed)."""
@@ -127,7 +137,7 @@ def process_workflows(panel_db, interval, params=None, log=None) -> dict:
     at = interval.end
     limit = int(params.get("workflows_per_run", WORKFLOWS_PER_RUN))
     chain = int(params.get("transitions_per_workflow", TRANSITIONS_PER_WORKFLOW))
-    link = params.get("workflow_approval_url")
+    link = params.get("workflow_approval_url") or approval_page_url()
     report = StepReport().zero("workflows_checked", "workflows_started", "steps_entered", "steps_completed",
                                "workflows_succeeded", "workflows_failed", "jobs_queued", "emails_queued")
     with panel_db.get_conn() as conn:
@@ -260,8 +270,9 @@ def _enter_action(conn, wf: Workflow, step: Step, at: datetime, link, report) ->
 
 def _enter_approval(conn, wf: Workflow, step: Step, at: datetime, link, report) -> tuple:
     """E-mail each approver a link carrying a random token (only its hash is kept). The link's
-    address is the step's ``approval_url`` or the run's ``workflow_approval_url`` param; without
-    either the e-mail asks for the decision in the panel."""
+    address is the step's ``approval_url``, the run's ``workflow_approval_url`` param or the
+    deployment's own page (approval_page_url); without any, the e-mail asks for the decision in
+    the panel."""
     approvers = _addresses(step.config, "approvers")
     quorum = step.config.get("quorum", 1)
     if isinstance(quorum, bool) or not isinstance(quorum, int) or not 1 <= quorum <= len(approvers):
