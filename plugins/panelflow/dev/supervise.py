@@ -6,7 +6,8 @@ start), so "5 exits in 2 minutes stops the stack" would need an event-listener p
 own; it does not stop a program's process group unless told, keeps its children alive when it is
 killed itself, and would add a daemon, a generated config and a dependency to the lock. The
 watchdog below covers what matters most here — nothing outlives ``make run``, even when it is
-SIGKILLed — in 40 lines.
+SIGKILLed, the task processes the scheduler's workers put in groups of their own included —
+in 70 lines.
 
 Policy: after an exit the component's process group is sent SIGTERM (what it left, e.g. the
 scheduler's LocalExecutor workers and log server, would hold its ports), then started again
@@ -200,13 +201,47 @@ for line in sys.stdin:
         groups.discard(int(line[1:]))
     elif line:
         groups.add(int(line))
+def strays():
+    # descendants that left the groups: a task process the LocalExecutor's supervisor put in a
+    # group of its own (setpgid) is no group's member and is orphaned when its supervisor goes
+    parent, group = {}, {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return set()
+    for d in names:
+        if d.isdigit():
+            try:
+                with open("/proc/" + d + "/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                parent[int(d)], group[int(d)] = int(fields[1]), int(fields[2])
+            except (OSError, IndexError, ValueError):
+                pass
+    found = {p for p, g in group.items() if g in groups}
+    grew = True
+    while grew:
+        grew = False
+        for p, pp in parent.items():
+            if pp in found and p not in found:
+                found.add(p)
+                grew = True
+    return {p for p in found if group.get(p) not in groups}
 def alive(g, send=os.killpg):
     try:
         send(g, 0)
         return True
     except (ProcessLookupError, PermissionError):
         return False
+def kill(pids, sig):
+    for p in pids:
+        try:
+            os.kill(p, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+left = strays()
 for sig, grace in ((signal.SIGTERM, 10), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+    left = {p for p in left | strays() if alive(p, os.kill)}
+    kill(left, sig)
     live = [g for g in groups if alive(g)]
     if not live:
         break
@@ -217,6 +252,7 @@ for sig, grace in ((signal.SIGTERM, 10), (signal.SIGTERM, 10), (signal.SIGKILL, 
             pass
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and any(alive(g) for g in live):
+        left |= strays()
         if not any(alive(g, os.kill) for g in live):  # the leaders are gone: sweep what they left
             for g in live:
                 try:
@@ -225,4 +261,6 @@ for sig, grace in ((signal.SIGTERM, 10), (signal.SIGTERM, 10), (signal.SIGKILL, 
                     pass
             break
         time.sleep(0.2)
+time.sleep(0.5)
+kill(left, signal.SIGKILL)
 """

@@ -43,7 +43,7 @@ def add_routes(app: FastAPI, templates: Environment, connect: Callable,
                clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
     """``connect()``: a context manager giving an autocommit panel-DB connection. ``clock``: when the
     approver clicked — the event's own time, as the panel's decisions are recorded."""
-    from panelflow.steps.workflows import DECISIONS, record_approval, token_digest
+    from panelflow.services.workflow_approvals import DECISIONS, record_approval, token_digest
 
     def page(code: int, **context) -> HTMLResponse:
         return HTMLResponse(templates.get_template("workflow_approval.html").render(**context), status_code=code)
