@@ -15,16 +15,15 @@ import psutil
 from panelflow.dev.supervise import Supervision
 
 # a component: its own session (as make run starts them); its child leaves for a group of its own,
-# ignores SIGTERM as a busy task may, and says its pid
+# ignores SIGTERM as a busy task may, then says its pid
 COMPONENT = """
 import os, signal, sys, time
-pid = os.fork()
-if pid == 0:
+if os.fork() == 0:
     os.setpgid(0, 0)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print(os.getpid(), flush=True)   # once it is in its own group
     time.sleep(600)
     os._exit(0)
-print(pid, flush=True)
 time.sleep(600)
 """
 
