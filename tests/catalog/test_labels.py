@@ -27,13 +27,12 @@ from __future__ import annotations
 import ast
 import re
 from functools import cache
-from pathlib import Path
 
 import pytest
 
+from harness.source import MODULES, imports
 from panelflow.catalog import load_catalog
 
-PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
 MIN_FIXED = 4
 WORD = r"[a-z0-9]+(?:_[a-z0-9]+)*"
 
@@ -45,53 +44,11 @@ NO_COUNTS: dict[str, str] = {
 }
 
 
-def _modules() -> dict[str, Path]:
-    mods = {}
-    for path in (PLUGINS / "panelflow").rglob("*.py"):
-        parts = path.relative_to(PLUGINS).with_suffix("").parts
-        mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
-    return mods
-
-
-MODULES = _modules()
-
-
-@cache
-def _tree(module: str) -> ast.Module:
-    path = MODULES[module]
-    return ast.parse(path.read_text(), str(path))
-
-
-def _imports(module: str) -> set[str]:
-    """The panelflow modules ``module`` imports, at any depth of its code."""
-    found: set[str] = set()
-    is_package = MODULES[module].name == "__init__.py"
-    for node in ast.walk(_tree(module)):
-        if isinstance(node, ast.Import):
-            targets = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = module.split(".")
-                parts = parts if is_package else parts[:-1]
-                parts = parts[: len(parts) - node.level + 1]
-                base = ".".join(parts + ([base] if base else []))
-            targets = [base] + [f"{base}.{a.name}" for a in node.names]
-        else:
-            continue
-        for target in targets:
-            while target and target not in MODULES:
-                target = target.rpartition(".")[0]
-            if target and target != module:
-                found.add(target)
-    return found
-
-
 @cache
 def _reach(module: str) -> frozenset[str]:
     seen, todo = {module}, [module]
     while todo:
-        for other in _imports(todo.pop()) - seen:
+        for other in imports(todo.pop()) - seen:
             seen.add(other)
             todo.append(other)
     return frozenset(seen)
@@ -102,7 +59,7 @@ def _words(module: str) -> tuple[frozenset[str], tuple[re.Pattern, ...]]:
     """The string constants and keyword names of one module, and its f-strings as patterns."""
     words: set[str] = set()
     shapes: list[re.Pattern] = []
-    for node in ast.walk(_tree(module)):
+    for node in ast.walk(ast.parse(MODULES[module].read_text(), str(MODULES[module]))):
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
             words.add(node.value)
         elif isinstance(node, ast.keyword) and node.arg:

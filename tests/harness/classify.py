@@ -12,7 +12,8 @@
 
 Rules, checked per test:
 1. its module holds (imports) a stack starter of the harness — ``AirflowCluster`` or
-   ``local_cluster`` (harness.airflow_cluster), ``start``/``launch`` (harness.make_run) → live, airflow_stack;
+   ``local_cluster`` (harness.airflow_cluster), ``start``/``launch`` (harness.make_run), the page tests'
+   ``page_stack`` (manager.test_threads_manager) → live, airflow_stack;
 2. it uses the ``samba_dc``/``samba_ou`` fixtures → live, samba;
 3. the source of the test or of a fixture it uses (its own module's, conftest's, a harness's) names
    a server binary of :data:`SERVER_BINARIES` → live; or calls ``dag.test(`` → live.
@@ -31,7 +32,8 @@ import subprocess
 import pytest
 
 STACK_STARTERS = {("harness.airflow_cluster", "AirflowCluster"), ("harness.airflow_cluster", "local_cluster"),
-                  ("harness.make_run", "start"), ("harness.make_run", "launch")}
+                  ("harness.make_run", "start"), ("harness.make_run", "launch"),
+                  ("manager.test_threads_manager", "page_stack")}
 SAMBA_FIXTURES = {"samba_dc", "samba_ou"}
 # system servers the tests start (Makefile SYSTEM_PACKAGES and the voice/hosting servers of TESTING.md)
 SERVER_BINARIES = ("samba", "samba-tool", "dnsmasq", "dovecot", "redis-server", "chromium", "kamailio", "mariadbd",

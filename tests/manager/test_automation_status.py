@@ -10,16 +10,14 @@ docs/failed-actions.png.
 
 from __future__ import annotations
 
-import json
 import os
-import time
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from fastapi import HTTPException
 
-from harness.make_run import start, stop   # at module level: it marks the module a stack (harness.classify)
+from manager.test_threads_manager import page_stack   # at module level: it marks the module a stack (harness.classify)
 from panelflow.catalog import load_catalog
 
 OWN_TABLES = "automation_actions, failed_action_dismissals, emergency_stops, step_run_counts"
@@ -206,20 +204,8 @@ ENABLED = ("billing_work", "send_email_notifications_work", "group_action_work_e
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
-    from manager.test_threads_manager import Live, chromium
-    from panelflow.dev.postgres import free_port
-
-    chromium()  # fail or skip before paying for the start
-    home = tmp_path_factory.mktemp("automation-status") / "panelflow"
-    ports = {"api": free_port(), "pg": free_port(), "smtp": free_port()}
-    proc, _ = start(home, ports, AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="admin:admin,viewer:viewer",
-                    PANELFLOW_THREADS=",".join(ENABLED))
-    try:
-        site = Live(home, ports["api"])
-        site.panel = f"postgresql://postgres@127.0.0.1:{ports['pg']}/panel"
+    with page_stack(tmp_path_factory, "automation-status", ENABLED) as site:
         yield site
-    finally:
-        stop(proc)
 
 
 @pytest.fixture(scope="module")

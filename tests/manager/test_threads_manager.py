@@ -20,6 +20,8 @@ import shutil
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -107,17 +109,28 @@ def catalog():
     return load_catalog()
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory):
+@contextmanager
+def page_stack(tmp_path_factory, name: str, threads: Iterable[str]) -> Iterator[Live]:
+    """``make run`` for the page's browser tests: an ``admin`` and a ``viewer``, only ``threads``
+    unpaused; ``.panel`` is its panel DB's URL."""
     chromium()  # fail or skip before paying for the start
-    home = tmp_path_factory.mktemp("threads-manager") / "panelflow"
+    home = tmp_path_factory.mktemp(name) / "panelflow"
     ports = {"api": free_port(), "pg": free_port(), "smtp": free_port()}
     proc, _ = start(home, ports, AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="admin:admin,viewer:viewer",
-                    PANELFLOW_THREADS="monitoring_work,domain_verification,sessions_mgt_work")
+                    PANELFLOW_THREADS=",".join(threads))
     try:
-        yield Live(home, ports["api"])
+        site = Live(home, ports["api"])
+        site.panel = f"postgresql://postgres@127.0.0.1:{ports['pg']}/panel"
+        yield site
     finally:
         stop(proc)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    with page_stack(tmp_path_factory, "threads-manager",
+                    ("monitoring_work", "domain_verification", "sessions_mgt_work")) as site:
+        yield site
 
 
 @pytest.fixture(scope="module")

@@ -51,16 +51,6 @@ def _runs_by_day(session: Session, dag_ids: list[str], first: date, last: date, 
     return {(dag_id, d): (runs, failed) for dag_id, d, runs, failed in rows}
 
 
-def worded(catalog: Catalog, thread, totals: dict[str, Any]) -> list[dict[str, Any]]:
-    """The thread's counts in the catalog's words, in step order; a count the day lacks is left out."""
-    out = []
-    for step_id, key, words in catalog.labels(thread):
-        n = totals.get(f"{step_id}.{key}")
-        if n is not None:
-            out.append({"key": f"{step_id}.{key}", "n": n, "text": words.format(n=n)})
-    return out
-
-
 def day_view(session: Session, conn, catalog: Catalog, day: date, readable: set[str]) -> dict[str, Any]:
     """One row per readable live thread for ``day``: runs, failures, counts in words, a 30-day chart."""
     tz = catalog.settings.timezone
@@ -79,7 +69,7 @@ def day_view(session: Session, conn, catalog: Catalog, day: date, readable: set[
             chart.append({"day": d.isoformat(), "runs": n_runs, "failed": n_failed,
                           "counts": {k: counts[k] for k in labelled if k in counts}})
         n_runs, n_failed = runs.get((t.dag_id, day), (0, 0))
-        counts = worded(catalog, t, totals.get(t.name, {}))
+        counts = run_counts.worded(catalog, t, totals.get(t.name, {}))
         rows.append({"name": t.name, "dag_id": t.dag_id, "domain": t.domain, "runs": n_runs, "failed": n_failed,
                      "counts": counts, "summary": f"{t.name}: " + ", ".join(c["text"] for c in counts) if counts
                      else None, "labels": [{"key": f"{s}.{k}", "words": w} for s, k, w in catalog.labels(t)],

@@ -13,7 +13,7 @@ the alert addresses are where its team reads mail — with the day before's:
   (``exchange``, ``active_directory`` …) names no catalog domain and the queue is shared, so
   every owner sees what the automation gave up on until someone handles it;
 - counts of the domain's live threads, worded with the catalog's step ``labels`` exactly as the
-  Threads Manager words them (``panelflow.manager.status.worded``).
+  Threads Manager words them (``panelflow.services.run_counts.worded``).
 
 "The day before" and "after" are in the catalog's time zone and read from the caller's clock
 (the sending run's data interval end), never the wall clock, so a rerun of a morning's run
@@ -173,7 +173,6 @@ def queue_daily_digests(conn, catalog, today: date, now: datetime) -> dict[str, 
 
 def _queue(conn, catalog, due: dict, day: date, tz: str, now: datetime, out: dict) -> None:
     """Compose and queue the digests of ``due`` domains not queued yet (inside the caller's transaction)."""
-    from panelflow.manager.status import worded
     from panelflow.services import run_counts
     from panelflow.services.failed_actions import list_failed
 
@@ -189,7 +188,7 @@ def _queue(conn, catalog, due: dict, day: date, tz: str, now: datetime, out: dic
     for name, domain in due.items():
         threads = [t for t in catalog.live_threads if t.domain == name]
         failures, total = failures_of(conn, [t.name for t in threads], day)
-        counts = [{"name": t.name, "counts": [c["text"] for c in worded(catalog, t, totals.get(t.name, {}))]}
+        counts = [{"name": t.name, "counts": [c["text"] for c in run_counts.worded(catalog, t, totals.get(t.name, {}))]}
                   for t in threads]
         context = compose(domain=name, day=day, tz=tz, failures=failures, failures_total=total, actions=actions,
                           threads=counts)

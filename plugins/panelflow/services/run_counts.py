@@ -141,3 +141,14 @@ def daily_series(conn, thread: str, last_day: date, days: int = 30) -> list[tupl
     for day, step_id, key, total in rows:
         by_day.setdefault(day, []).append((step_id, key, total))
     return [(d, _totals(by_day.get(d, []))) for d in (first + timedelta(days=i) for i in range(days))]
+
+
+def worded(catalog, thread, totals: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The thread's counts (``day_totals``' ``"step.key"`` entries) in the catalog's words, in step
+    order; a count the day lacks is left out. One wording for the Threads Manager and the digest."""
+    out = []
+    for step_id, key, words in catalog.labels(thread):
+        n = totals.get(f"{step_id}.{key}")
+        if n is not None:
+            out.append({"key": f"{step_id}.{key}", "n": n, "text": words.format(n=n)})
+    return out
