@@ -81,9 +81,9 @@ class SipNumber:
 class SipCall:
     callid: str
     caller: str
-    caller_domain: str
+    caller_domain: str  # lower case
     callee: str  # what the caller dialled: a username or a number
-    callee_domain: str
+    callee_domain: str  # lower case
     started_at: datetime  # tz-aware, UTC
     ended_at: datetime
     duration_seconds: int  # the platform's duration rounded to the nearest second
@@ -156,8 +156,10 @@ def digest_hashes(username: str, domain: str, password: str) -> tuple[str, str]:
 
 
 # acc_cdrs rows of calls that ended in [start, end), in the connection's zone (the hook sets UTC).
+# Domains folded to lower case here, on the platform's server (they compare case-insensitively, and
+# the panel stores them so): the panel's import of a day of records then matches them as they come.
 _CALLS = """
-SELECT callid, caller, caller_domain, callee, callee_domain,
+SELECT callid, caller, lower(caller_domain) AS caller_domain, callee, lower(callee_domain) AS callee_domain,
        start_time AT TIME ZONE %(tz)s AS started_at, end_time AT TIME ZONE %(tz)s AS ended_at,
        round(duration)::int AS duration_seconds
 FROM acc_cdrs

@@ -46,97 +46,111 @@ class VoiceProduct:
     written: str  # what those rows are called in the step's summary
 
 
-# Rates each record of one day once, with the reason it cannot be billed (NULL: it can).
-# Validity comes first so a bad record is reported on every run of its day, rerun or not.
-# A day is a million records, so what depends on less than the record is worked out once per what
-# it depends on and hash-joined: a subscription's terms (customer, currency, tax, invoice state)
-# once per subscription, the longest-prefix lookup once per currency and destination.
-_RATE_DAY = """
-CREATE TEMP TABLE rated_calls ON COMMIT DROP AS
-WITH day_records AS MATERIALIZED (
-    SELECT r.id, r.subscription_id, r.{subscriber} AS subscriber, r.destination, r.duration_seconds
-    FROM {records} r WHERE r.started_at >= %(day_start)s AND r.started_at < %(day_end)s
-), terms AS MATERIALIZED (
-    SELECT s.id AS subscription_id, c.id AS customer_id, s.currency, tax.rate AS tax_rate,
-           invoiced.id IS NOT NULL AS invoiced,
-           CASE
-               WHEN c.status <> 'active' THEN 'customer not active'
-               WHEN known.code IS NULL THEN 'unknown currency'
-               WHEN s.currency <> c.currency THEN 'subscription currency differs from the customer''s'
-           END AS bad_terms,
-           CASE
-               WHEN invoiced.id IS NOT NULL AND NOT EXISTS (
-                    SELECT 1 FROM invoice_lines l WHERE l.invoice_id = invoiced.id
-                       AND l.subscription_id = s.id AND l.kind = %(line_kind)s)
-                   THEN 'arrived after the customer''s invoice for the day was written'
-               WHEN invoiced.id IS NULL AND EXISTS (
-                    SELECT 1 FROM invoice_lines l WHERE l.subscription_id = s.id AND l.addon_id = 0
-                       AND l.kind = %(line_kind)s AND l.period_start = %(day)s)
-                   THEN 'subscription already billed for the day on another customer''s invoice'
-           END AS billed_state
-    FROM subscriptions s
-    JOIN customers c ON c.id = s.customer_id
-    LEFT JOIN currencies known ON known.code = s.currency
-    {tax_join}
-    LEFT JOIN invoices invoiced ON invoiced.customer_id = c.id AND invoiced.billing_date = %(day)s
-        AND invoiced.kind = %(kind)s
-    WHERE s.id IN (SELECT subscription_id FROM day_records)
-), rates AS MATERIALIZED (
-    SELECT d.currency, d.destination, rate.prefix, rate.per_minute, rate.connection_fee
-    FROM (SELECT DISTINCT t.currency, r.destination
-          FROM day_records r JOIN terms t ON t.subscription_id = r.subscription_id) d
-    LEFT JOIN LATERAL (
-        -- every prefix of the destination, longest first: index probes on (rate_table, currency, prefix)
-        SELECT v.prefix, v.per_minute, v.connection_fee FROM voice_rates v
-        WHERE v.rate_table = %(kind)s AND v.currency = d.currency
-          AND v.prefix IN (SELECT left(d.destination, n) FROM generate_series(0, length(d.destination)) n)
-        ORDER BY length(v.prefix) DESC LIMIT 1) rate ON true
-)
-SELECT r.id AS record_id, r.subscription_id, r.subscriber, r.destination, r.duration_seconds,
-       t.customer_id, t.currency, t.tax_rate,
-       ceil(greatest(r.duration_seconds, 0) / 60.0) AS minutes,
-       rate.connection_fee + rate.per_minute * ceil(greatest(r.duration_seconds, 0) / 60.0) AS charge,
-       t.invoiced,
+# A day is a million records, so what depends on less than the record is worked out first, once
+# per what it depends on, into small tables the planner has statistics for (a CTE has none, and
+# its guessed join sizes made a day's million records sorted to disk): a subscription's terms
+# (customer, currency, tax, invoice state) once per subscription, the longest-prefix lookup once
+# per currency and destination. The records are then rated in one hash-joined pass.
+_IN_DAY = "r.started_at >= %(day_start)s AND r.started_at < %(day_end)s"
+
+_DAY_TERMS = f"""
+CREATE TEMP TABLE day_terms ON COMMIT DROP AS
+SELECT s.id AS subscription_id, c.id AS customer_id, s.currency, tax.rate AS tax_rate,
+       invoiced.id IS NOT NULL AS invoiced,
        CASE
-           WHEN r.duration_seconds < 0 THEN 'negative duration'
-           WHEN t.bad_terms IS NOT NULL THEN t.bad_terms
-           WHEN rate.prefix IS NULL THEN 'no matching rate'
-           ELSE t.billed_state
-       END AS skip_reason
-FROM day_records r
-JOIN terms t ON t.subscription_id = r.subscription_id
-LEFT JOIN rates rate ON rate.currency = t.currency AND rate.destination = r.destination
+           WHEN c.status <> 'active' THEN 'customer not active'
+           WHEN known.code IS NULL THEN 'unknown currency'
+           WHEN s.currency <> c.currency THEN 'subscription currency differs from the customer''s'
+       END AS bad_terms,
+       CASE
+           WHEN invoiced.id IS NOT NULL AND NOT EXISTS (
+                SELECT 1 FROM invoice_lines l WHERE l.invoice_id = invoiced.id
+                   AND l.subscription_id = s.id AND l.kind = %(line_kind)s)
+               THEN 'arrived after the customer''s invoice for the day was written'
+           WHEN invoiced.id IS NULL AND EXISTS (
+                SELECT 1 FROM invoice_lines l WHERE l.subscription_id = s.id AND l.addon_id = 0
+                   AND l.kind = %(line_kind)s AND l.period_start = %(day)s)
+               THEN 'subscription already billed for the day on another customer''s invoice'
+       END AS billed_state
+FROM subscriptions s
+JOIN customers c ON c.id = s.customer_id
+LEFT JOIN currencies known ON known.code = s.currency
+{{tax_join}}
+LEFT JOIN invoices invoiced ON invoiced.customer_id = c.id AND invoiced.billing_date = %(day)s
+    AND invoiced.kind = %(kind)s
+WHERE s.id IN (SELECT r.subscription_id FROM {{records}} r WHERE {_IN_DAY})
+"""
+
+_DAY_RATES = f"""
+CREATE TEMP TABLE day_rates ON COMMIT DROP AS
+SELECT d.currency, d.destination, rate.prefix, rate.per_minute, rate.connection_fee
+FROM (SELECT DISTINCT t.currency, r.destination
+      FROM {{records}} r JOIN day_terms t ON t.subscription_id = r.subscription_id WHERE {_IN_DAY}) d
+LEFT JOIN LATERAL (
+    -- every prefix of the destination, longest first: index probes on (rate_table, currency, prefix)
+    SELECT v.prefix, v.per_minute, v.connection_fee FROM voice_rates v
+    WHERE v.rate_table = %(kind)s AND v.currency = d.currency
+      AND v.prefix IN (SELECT left(d.destination, n) FROM generate_series(0, length(d.destination)) n)
+    ORDER BY length(v.prefix) DESC LIMIT 1) rate ON true
+"""
+
+# Each record rated, with the reason it cannot be billed (NULL: it can). Validity comes first so a
+# bad record is reported on every run of its day, rerun or not. What is kept is summed per
+# subscriber (calls, minutes, exact charge); a record that cannot be billed keeps a row of its own
+# (its id and destination), for the report.
+_RATE_DAY = f"""
+CREATE TEMP TABLE rated_calls ON COMMIT DROP AS
+SELECT customer_id, subscription_id, subscriber, currency, tax_rate, invoiced, skip_reason,
+       CASE WHEN skip_reason IS NOT NULL THEN id END AS record_id,
+       CASE WHEN skip_reason IS NOT NULL THEN destination END AS destination,
+       duration_seconds = 0 AS unanswered, count(*) AS calls, sum(minutes) AS minutes, sum(charge) AS charge
+FROM (
+    SELECT r.id, r.subscription_id, r.{{subscriber}} AS subscriber, r.destination, r.duration_seconds,
+           t.customer_id, t.currency, t.tax_rate,
+           ceil(greatest(r.duration_seconds, 0) / 60.0) AS minutes,
+           rate.connection_fee + rate.per_minute * ceil(greatest(r.duration_seconds, 0) / 60.0) AS charge,
+           t.invoiced,
+           CASE
+               WHEN r.duration_seconds < 0 THEN 'negative duration'
+               WHEN t.bad_terms IS NOT NULL THEN t.bad_terms
+               WHEN rate.prefix IS NULL THEN 'no matching rate'
+               ELSE t.billed_state
+           END AS skip_reason
+    FROM {{records}} r
+    JOIN day_terms t ON t.subscription_id = r.subscription_id
+    LEFT JOIN day_rates rate ON rate.currency = t.currency AND rate.destination = r.destination
+    WHERE {_IN_DAY}
+) rated
+GROUP BY customer_id, subscription_id, subscriber, currency, tax_rate, invoiced, skip_reason, 8, 9, 10
 """
 
 # Bounded whatever the number of bad records: a count per reason and the first few examples.
 _SKIPPED = """
-SELECT skip_reason, count(*),
+SELECT skip_reason, sum(calls)::bigint,
        (array_agg(%(label)s::text || ' record ' || record_id || ' (subscription ' || subscription_id || ', destination '
                   || destination || ')' ORDER BY record_id))[1:%(keep)s]
 FROM rated_calls WHERE skip_reason IS NOT NULL GROUP BY skip_reason ORDER BY skip_reason
 """
 
 _TALLY = """
-SELECT count(*) FILTER (WHERE skip_reason IS NULL AND invoiced AND duration_seconds > 0),
-       count(*) FILTER (WHERE skip_reason IS NULL AND duration_seconds = 0)
+SELECT coalesce(sum(calls) FILTER (WHERE skip_reason IS NULL AND invoiced AND NOT unanswered), 0)::bigint,
+       coalesce(sum(calls) FILTER (WHERE skip_reason IS NULL AND unanswered), 0)::bigint
 FROM rated_calls
 """
 
 # One statement: the day's invoices, their lines and the product's rows commit together, and
 # lines are written only for invoices this statement created (see the module docstring).
+# A subscription's line sums its subscribers' sums (exact numerics: the same total as its calls').
 _INVOICE_DAY = """
-WITH billable AS (
-    SELECT * FROM rated_calls WHERE skip_reason IS NULL AND NOT invoiced AND duration_seconds > 0
-), per_subscriber AS (
-    SELECT customer_id, subscription_id, subscriber, currency, count(*) AS calls, sum(minutes) AS minutes,
-           sum(charge) AS charge
-    FROM billable GROUP BY customer_id, subscription_id, subscriber, currency
+WITH per_subscriber AS (
+    SELECT customer_id, subscription_id, subscriber, currency, tax_rate, calls, minutes, charge
+    FROM rated_calls WHERE skip_reason IS NULL AND NOT invoiced AND NOT unanswered
 ), lines AS (
     SELECT customer_id, subscription_id, currency, tax_rate, calls, minutes, amount,
            round(amount / minutes, 4) AS unit_price, round(amount * tax_rate, 2) AS tax_amount
-    FROM (SELECT customer_id, subscription_id, currency, tax_rate, count(*) AS calls, sum(minutes) AS minutes,
-                 round(sum(charge), 2) AS amount
-          FROM billable GROUP BY customer_id, subscription_id, currency, tax_rate) per_subscription
+    FROM (SELECT customer_id, subscription_id, currency, tax_rate, sum(calls)::bigint AS calls,
+                 sum(minutes) AS minutes, round(sum(charge), 2) AS amount
+          FROM per_subscriber GROUP BY customer_id, subscription_id, currency, tax_rate) per_subscription
 ), new_invoices AS (
     INSERT INTO invoices (invoice_number, customer_id, reseller_id, kind, billing_date, currency, subtotal, tax,
                           total, due_date)
@@ -208,14 +222,19 @@ def _bill_day(conn, product: VoiceProduct, day: date, zone: ZoneInfo, report: St
         "next_day": day + timedelta(days=1), "day_start": _local_midnight(day, zone),
         "day_end": _local_midnight(day + timedelta(days=1), zone), "keep": report.keep,
     }
-    rate_day = sql.SQL(_RATE_DAY).format(subscriber=sql.Identifier(product.subscriber),
-                                         records=sql.Identifier(product.records), tax_join=sql.SQL(CUSTOMER_TAX_JOIN))
+    names = {"records": sql.Identifier(product.records), "subscriber": sql.Identifier(product.subscriber),
+             "tax_join": sql.SQL(CUSTOMER_TAX_JOIN)}
+    day_terms, day_rates, rate_day = (sql.SQL(q).format(**names) for q in (_DAY_TERMS, _DAY_RATES, _RATE_DAY))
     invoice_day = sql.SQL(_INVOICE_DAY).format(
         number=sql.SQL(invoice_number_sql(product.kind, "%(day)s", "l.customer_id")),
         product_writes=sql.SQL(product.writes))
     with conn.transaction():
         conn.execute("SET LOCAL work_mem = '64MB'")  # a day's sorts and hash tables stay in memory
+        conn.execute(day_terms, params)
+        conn.execute(day_rates, params)
+        conn.execute("ANALYZE day_terms, day_rates")  # a temporary table has no statistics of its own
         conn.execute(rate_day, params)
+        conn.execute("ANALYZE rated_calls")
         report.skip_grouped(conn.execute(_SKIPPED, params).fetchall())
         already_billed, unanswered = conn.execute(_TALLY).fetchone()
         invoices, lines_expected, lines, product_rows, calls = conn.execute(invoice_day, params).fetchone()

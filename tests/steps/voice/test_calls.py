@@ -44,9 +44,11 @@ def usage(sql):
 def test_each_call_that_ended_in_the_interval_is_imported_once_for_its_callers_subscription(
         voice_db, platform, companies, world, sql):
     cdr(platform, "c1", "alice", "acme.test", "+447700900123", "acme.test", 1, 61.4)   # a dialled number
-    cdr(platform, "c2", "alice", "acme.test", "bob", "globex.test", 2, 30)            # a user: his (lowest) number
+    cdr(platform, "c2", "alice", "Acme.TEST", "bob", "GLOBEX.test", 2, 30)            # a user: his (lowest) number
     cdr(platform, "c3", "bob", "globex.test", "alice", "acme.test", 3, 12)           # a user without a number
     cdr(platform, "c4", "gone", "acme.test", "441130000001", "acme.test", 4, 5)      # placed before its deletion
+    cdr(platform, "c5", "bob", "globex.test", "+12345678901234567890", "globex.test", 5, 7)   # 20 digits: a number
+    cdr(platform, "c6", "bob", "globex.test", "123456789012345678901", "globex.test", 6, 8)   # 21: a user name
     cdr(platform, "c0", "alice", "acme.test", "4420", "acme.test", -0.5, 5)          # ended before the interval
     cdr(platform, "c9", "alice", "acme.test", "4420", "acme.test", 15, 5)            # ended at its end: the next run's
 
@@ -57,19 +59,21 @@ def test_each_call_that_ended_in_the_interval_is_imported_once_for_its_callers_s
     assert usage(sql) == [("c1", acme, "alice@acme.test", "447700900123", 61, companies["alice"]),
                           ("c2", acme, "alice@acme.test", "441130000001", 30, companies["alice"]),
                           ("c3", globex, "bob@globex.test", "", 12, companies["bob"]),
-                          ("c4", acme, "gone@acme.test", "441130000001", 5, companies["gone"])]
-    assert (first["records_read"], first["records_imported"], first["records_already_imported"]) == (4, 4, 0)
-    assert (again["records_read"], again["records_imported"], again["records_already_imported"]) == (4, 0, 4)
+                          ("c4", acme, "gone@acme.test", "441130000001", 5, companies["gone"]),
+                          ("c5", globex, "bob@globex.test", "12345678901234567890", 7, companies["bob"]),
+                          ("c6", globex, "bob@globex.test", "", 8, companies["bob"])]
+    assert (first["records_read"], first["records_imported"], first["records_already_imported"]) == (6, 6, 0)
+    assert (again["records_read"], again["records_imported"], again["records_already_imported"]) == (6, 0, 6)
     assert first["failed_platforms"] == [] and first["skipped"] == {}
 
     # an overlapping (backfill) interval finds them all again and adds only the new one
     wider = Interval(START - timedelta(hours=1), START + timedelta(hours=1), "UTC")
     assert import_sip_call_records(voice_db, wider)["records_imported"] == 2
-    assert sql("SELECT count(*), count(DISTINCT callid) FROM sip_usage") == [(6, 6)]
+    assert sql("SELECT count(*), count(DISTINCT callid) FROM sip_usage") == [(8, 8)]
 
 
 def test_a_call_id_twice_in_the_days_records_is_imported_once(voice_db, platform, companies, sql):
-    """The fast insert (NOT EXISTS, no ON CONFLICT) meets the unique key; the import then skips the
+    """The fast insert (no ON CONFLICT) meets the unique key; the import then skips the
     duplicate instead of failing the platform on every rerun."""
     cdr(platform, "dup", "alice", "acme.test", "+447700900123", "acme.test", 1, 20)
     cdr(platform, "dup", "alice", "acme.test", "+447700900123", "acme.test", 2, 20)   # a second CDR, same Call-ID
