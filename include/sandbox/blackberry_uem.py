@@ -37,6 +37,7 @@ import base64
 import hmac
 import json
 import logging
+import os
 import re
 import secrets
 import signal
@@ -295,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8783)
     parser.add_argument("--tenant", default=TENANT)
     parser.add_argument("--username", default=USERNAME)
-    parser.add_argument("--password", default=PASSWORD)
+    parser.add_argument("--password", default=os.environ.get("PANELFLOW_SANDBOX_BLACKBERRY_PASSWORD", PASSWORD),
+                        help="default: $PANELFLOW_SANDBOX_BLACKBERRY_PASSWORD, else the sandbox's own")
     parser.add_argument("--users", type=int, default=5, help="demo users, each with one or two devices")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s uem %(message)s", stream=sys.stderr)

@@ -219,8 +219,9 @@ def billing_work_from_the_api_and_a_backfilled_gap(api: Api, home: Path, ports: 
 
 def probes_and_syncs_against_make_runs_own_sandbox(api: Api, home: Path) -> None:
     """MonitoringWork probes make run's own components (all up), DomainNameDataSyncThread syncs
-    the sandbox registrar, and the threads with nothing configured here (help-desk boxes, Active
-    Directory, Exchange, Hyper-V) still run green."""
+    the sandbox registrar, SyncFromBackendWork the Dataverse sandbox's CRM organisation, BBSyncWork
+    the BlackBerry UEM sandbox, and the threads with nothing configured here (help-desk boxes,
+    Active Directory, Exchange, Hyper-V) still run green."""
     import psycopg
 
     panel = next(line.split("=", 1)[1] for line in (home / "env.sh").read_text().splitlines()
@@ -229,7 +230,7 @@ def probes_and_syncs_against_make_runs_own_sandbox(api: Api, home: Path) -> None
             "help_desk_work", "help_desk_command", "usage_report_schedule_work", "quota_over_used_work",
             "overusage_resource_notification", "provisioning_work", "sync_csp_offers", "azure_rate_work",
             "reconciliate_o365_subs_work", "office365_work", "office365_sync_work", "o365_sync_admin_logs_work",
-            "office365_tenant_first_sync_work",
+            "office365_tenant_first_sync_work", "sync_from_backend_work", "group_action_work_crm", "bb_sync_work",
             # the Windows backends' threads: no directory, Exchange server or Hyper-V host here
             "sync_ad_users_work", "group_action_work_ad", "group_action_work_ex", "exchange_database_stats_work",
             "group_action_work_vps", "server_stats_work"]
@@ -243,10 +244,16 @@ def probes_and_syncs_against_make_runs_own_sandbox(api: Api, home: Path) -> None
         offers = conn.execute("SELECT count(*) FROM csp_offers").fetchone()[0]
         rates = conn.execute("SELECT count(*) FROM azure_rates WHERE source = 'retail_prices'").fetchone()[0]
         m365_users = conn.execute("SELECT count(DISTINCT tenant_id), count(*) FROM m365_users").fetchone()
+        crm = conn.execute("SELECT count(*) FROM crm_users u JOIN crm_organizations o ON o.id = u.organization_id"
+                           " WHERE o.conn_id = 'dynamics' AND o.synced_at IS NOT NULL").fetchone()[0]
+        uem = conn.execute("SELECT count(DISTINCT u.id), count(d.*) FROM bb_users u"
+                           " LEFT JOIN bb_devices d ON d.bb_user_id = u.id").fetchone()
     assert checks == dict.fromkeys(["Airflow API server", "SMTP relay", "Panel database", "Card gateway",
                                     "Registrar API", "Microsoft sandbox"], "up")
     assert synced >= 20 and offers > 0 and rates > 0
     assert m365_users[0] == 2 and m365_users[1] > 0  # both sandbox tenants synced, one mapped task each
+    assert crm == 25                                   # the Dataverse sandbox's organisation, every user
+    assert uem[0] == 5 and uem[1] >= 5                 # the UEM sandbox's users, each with its devices
 
 
 def test_make_run_on_a_server_named_by_the_environment(tmp_path):

@@ -27,6 +27,8 @@ def launch(home: Path, ports: dict[str, int], **extra: str) -> subprocess.Popen:
                PANELFLOW_SMTP_PORT=str(ports["smtp"]), PANELFLOW_GATEWAY_PORT=str(ports.setdefault("gateway", free_port())),
                PANELFLOW_REGISTRAR_PORT=str(ports.setdefault("registrar", free_port())),
                PANELFLOW_MICROSOFT_PORT=str(ports.setdefault("microsoft", free_port())),
+               PANELFLOW_DATAVERSE_PORT=str(ports.setdefault("dataverse", free_port())),
+               PANELFLOW_BLACKBERRY_PORT=str(ports.setdefault("blackberry", free_port())),
                PYTHONPATH=str(ROOT / "plugins"),
                # free ports, so the suite can run beside a developer's make run
                PANELFLOW_WORKER_LOG_PORT=str(free_port()), PANELFLOW_TRIGGER_LOG_PORT=str(free_port()),

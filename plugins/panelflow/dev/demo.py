@@ -167,8 +167,9 @@ def load_billing_demo(conn, customers: int, today, due_day=None, per_customer: i
 
 def load_local_sandbox(conn, ports: dict[str, int], graph_tenants: list[str] | None = None) -> None:
     """What ``make run`` itself offers to the threads that probe or sync: monitors on its own
-    components (the API server's health page, the SMTP sink, PostgreSQL, the sandboxes) and the
-    sandbox registrar as a registrar account. Once (names are unique)."""
+    components (the API server's health page, the SMTP sink, PostgreSQL, the sandboxes), the
+    sandbox registrar as a registrar account, the Microsoft sandbox's tenants, the Dataverse
+    sandbox's organisation and the BlackBerry UEM sandbox. Once (names are unique)."""
     from psycopg.types.json import Jsonb
 
     with conn.transaction():
@@ -204,6 +205,15 @@ def load_local_sandbox(conn, ports: dict[str, int], graph_tenants: list[str] | N
         conn.execute("INSERT INTO monitors (name, kind, server_id, params) SELECT 'Microsoft sandbox', 'tcp', id, %s"
                      " FROM servers WHERE name = 'panelflow' ON CONFLICT (name) DO NOTHING",
                      (Jsonb({"host": "127.0.0.1", "port": ports["microsoft"]}),))
+        # the Dataverse sandbox's organisation (local.CRM_ORG) as the first customer's CRM (connection
+        # dynamics), and the BlackBerry UEM sandbox as the UEM server (connection blackberry_uem)
+        if "dataverse" in ports:
+            conn.execute("INSERT INTO crm_organizations (customer_id, url, conn_id) SELECT min(id), %s, 'dynamics'"
+                         " FROM customers ON CONFLICT (url) DO NOTHING",
+                         (f"http://127.0.0.1:{ports['dataverse']}/demo",))
+        if "blackberry" in ports:
+            conn.execute("INSERT INTO bb_uem_servers (name, conn_id) VALUES ('Sandbox UEM', 'blackberry_uem')"
+                         " ON CONFLICT DO NOTHING")
 
 
 def load_demo(url: str, customers: int = 200, now: datetime | None = None) -> dict[str, int]:

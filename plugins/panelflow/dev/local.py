@@ -3,8 +3,10 @@
 Starts (or reuses) an embedded PostgreSQL holding the Airflow metadata DB and the panel DB, then
 the Airflow 3 components — scheduler, dag-processor, triggerer, API server (LocalExecutor) — plus
 a local SMTP sink that keeps alert e-mails as files, the card-payment gateway sandbox (BillingWork
-charges through it), the EPP registry sandbox (DomainNameDataSyncThread, ProvisioningWork 36) and
-the Microsoft sandbox (Graph, Partner Center, Azure Retail Prices).
+charges through it), the EPP registry sandbox (DomainNameDataSyncThread, ProvisioningWork 36), the
+Microsoft sandbox (Graph, Partner Center, Azure Retail Prices), the Dataverse sandbox (a Dynamics
+CRM organisation for SyncFromBackendWork and GroupActionWorkCRM) and the BlackBerry UEM sandbox
+(BBSyncWork).
 
 Start order is what each needs, because on 2 cores every process importing Airflow at once is
 what a start costs: the servers that need nothing start first; ``panelflow.dev.prepare`` (one
@@ -18,8 +20,10 @@ reuses ``.panelflow/``. Children run without PYTHONDONTWRITEBYTECODE: byte-code 
 deployment, instead of compiling Airflow from source at every start.
 
 Environment: PANELFLOW_HOME (state, default ./.panelflow), PANELFLOW_API_PORT (8080),
-PANELFLOW_PG_PORT (54329), PANELFLOW_SMTP_PORT (8025), PANELFLOW_GATEWAY_PORT (8765), PANELFLOW_REGISTRAR_PORT (8766), PANELFLOW_MICROSOFT_PORT (8767), PANELFLOW_DATABASE_URL (use this
-PostgreSQL server instead of the embedded one: postgresql://user:password@host:port).
+PANELFLOW_PG_PORT (54329), PANELFLOW_SMTP_PORT (8025), PANELFLOW_GATEWAY_PORT (8765),
+PANELFLOW_REGISTRAR_PORT (8766), PANELFLOW_MICROSOFT_PORT (8767), PANELFLOW_DATAVERSE_PORT (8768),
+PANELFLOW_BLACKBERRY_PORT (8783), PANELFLOW_DATABASE_URL (use this PostgreSQL server instead of the
+embedded one: postgresql://user:password@host:port).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from panelflow.dev.postgres import die_with_parent
 from panelflow.dev.prepare import READY
 from panelflow.dev.supervise import Supervision, describe_exit, kill_leftovers
 
-SERVERS = ("smtp-sink", "payment-gateway", "registrar", "microsoft")  # need nothing: started first
+SERVERS = ("smtp-sink", "payment-gateway", "registrar", "microsoft", "dataverse", "blackberry-uem")  # need nothing
 COMPONENTS = {
     "scheduler": ["scheduler"],
     "dag-processor": ["dag-processor"],
@@ -54,6 +58,9 @@ COMPONENTS = {
 
 
 GRAPH_TENANTS = 2  # the Microsoft sandbox's default --graph-tenants
+# the Dataverse sandbox's defaults (include/sandbox/dataverse.py): one organisation in one tenant
+CRM_ORG, CRM_TENANT, CRM_CLIENT = "demo", "demo-tenant", "panelflow-crm"
+UEM_TENANT, UEM_USER = "S12345678", "panelflow-api"   # the BlackBerry UEM sandbox's tenant and API user
 
 
 class Supervisor:
@@ -65,6 +72,8 @@ class Supervisor:
         self.gateway_port = int(os.environ.get("PANELFLOW_GATEWAY_PORT", "8765"))
         self.registrar_port = int(os.environ.get("PANELFLOW_REGISTRAR_PORT", "8766"))
         self.microsoft_port = int(os.environ.get("PANELFLOW_MICROSOFT_PORT", "8767"))
+        self.dataverse_port = int(os.environ.get("PANELFLOW_DATAVERSE_PORT", "8768"))
+        self.blackberry_port = int(os.environ.get("PANELFLOW_BLACKBERRY_PORT", "8783"))
         self.airflow_home = self.home / "airflow"
         self.pg = None
         self.sup: Supervision | None = None
@@ -77,7 +86,8 @@ class Supervisor:
         path = self.home / "secrets.json"
         values = json.loads(path.read_text()) if path.exists() else {}
         wanted = {"admin_password": 12, "jwt_secret": 32, "api_secret_key": 32, "gateway_api_key": 24,
-                  "registrar_password": 12, "partner_center_secret": 24}  # 12 bytes: 16 characters, EPP's maximum
+                  "registrar_password": 12, "partner_center_secret": 24, "dataverse_secret": 24,
+                  "blackberry_password": 18}  # 12 bytes: 16 characters, EPP's maximum
         if wanted.keys() - values.keys():  # a first start, or a set-up from before a secret existed
             values.update({k: secrets.token_urlsafe(n) for k, n in wanted.items() if k not in values})
             path.write_text(json.dumps(values))
@@ -101,6 +111,8 @@ class Supervisor:
             PANELFLOW_SANDBOX_GATEWAY_KEY=sec["gateway_api_key"],
             PANELFLOW_SANDBOX_REGISTRAR_PASSWORD=sec["registrar_password"],
             PANELFLOW_SANDBOX_PARTNER_CENTER_SECRET=sec["partner_center_secret"],
+            PANELFLOW_SANDBOX_DATAVERSE_SECRET=sec["dataverse_secret"],
+            PANELFLOW_SANDBOX_BLACKBERRY_PASSWORD=sec["blackberry_password"],
             # Partner Center and Azure Retail Prices on the Microsoft sandbox (include/sandbox/microsoft.py)
             AIRFLOW_CONN_PARTNER_CENTER=json.dumps({
                 "conn_type": "panelflow_partner_center", "host": "127.0.0.1", "port": self.microsoft_port,
@@ -118,6 +130,19 @@ class Supervisor:
                 "conn_type": "panelflow_epp", "host": "127.0.0.1", "port": self.registrar_port,
                 "login": "panelflow-sandbox", "password": sec["registrar_password"],
                 "extra": {"ca_file": str(self.home / "registrar-tls" / "ca.pem"), "read_timeout": 30},
+            }),
+            # the Dataverse sandbox (include/sandbox/dataverse.py): Entra ID sign-in on the sandbox itself;
+            # the organisation's URL is its crm_organizations row's (panelflow.dev.demo)
+            AIRFLOW_CONN_DYNAMICS=json.dumps({
+                "conn_type": "panelflow_dynamics", "login": CRM_CLIENT, "password": sec["dataverse_secret"],
+                "extra": {"tenant_id": CRM_TENANT, "authority": f"http://127.0.0.1:{self.dataverse_port}",
+                          "timeout": 10},
+            }),
+            # the BlackBerry UEM sandbox (include/sandbox/blackberry_uem.py), named by bb_uem_servers
+            AIRFLOW_CONN_BLACKBERRY_UEM=json.dumps({
+                "conn_type": "panelflow_blackberry_uem", "host": f"http://127.0.0.1:{self.blackberry_port}",
+                "login": UEM_USER, "password": sec["blackberry_password"],
+                "extra": {"tenant_guid": UEM_TENANT, "timeout": 10},
             }),
             # the card gateway sandbox (include/sandbox/payment_gateway.py), with this set-up's own key
             AIRFLOW_CONN_PAYMENT_GATEWAY=json.dumps({
@@ -143,7 +168,8 @@ class Supervisor:
         keys = ("AIRFLOW_HOME", "PYTHONPATH", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__API_AUTH__JWT_SECRET",
                 "AIRFLOW__API__SECRET_KEY", "AIRFLOW_CONN_PANEL_DB", "AIRFLOW_CONN_SMTP_DEFAULT",
                 "AIRFLOW_CONN_PAYMENT_GATEWAY", "AIRFLOW_CONN_REGISTRAR", "AIRFLOW_CONN_PARTNER_CENTER",
-                "AIRFLOW_CONN_AZURE_RETAIL_PRICES", *(f"AIRFLOW_CONN_M365_TENANT_{i}" for i in range(GRAPH_TENANTS)))
+                "AIRFLOW_CONN_AZURE_RETAIL_PRICES", "AIRFLOW_CONN_DYNAMICS", "AIRFLOW_CONN_BLACKBERRY_UEM",
+                *(f"AIRFLOW_CONN_M365_TENANT_{i}" for i in range(GRAPH_TENANTS)))
         path = self.home / "env.sh"
         path.write_text("".join(f"export {k}={shlex.quote(env[k])}\n" for k in keys))
         path.chmod(0o600)
@@ -181,10 +207,13 @@ class Supervisor:
         commands["smtp-sink"] = [py, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{self.smtp_port}",
                                  "-c", "aiosmtpd.handlers.Mailbox", str(self.home / "mail")]
         for name, port in (("payment-gateway", self.gateway_port), ("registrar", self.registrar_port),
-                           ("microsoft", self.microsoft_port)):
+                           ("microsoft", self.microsoft_port), ("dataverse", self.dataverse_port),
+                           ("blackberry-uem", self.blackberry_port)):
             commands[name] = [py, "-m", f"sandbox.{name.replace('-', '_')}", "--host", "127.0.0.1", "--port", str(port)]
         commands["payment-gateway"] += ["--state", str(self.home / "stripe-sandbox.json")]  # Stripe keeps what it was given
         commands["registrar"] += ["--tls-dir", str(self.home / "registrar-tls")]  # the CA its connection trusts
+        commands["dataverse"] += ["--org", CRM_ORG, "--tenant", CRM_TENANT, "--client-id", CRM_CLIENT]
+        commands["blackberry-uem"] += ["--tenant", UEM_TENANT, "--username", UEM_USER]
         return commands
 
     # -- start ----------------------------------------------------------------------------
@@ -216,7 +245,8 @@ class Supervisor:
                 if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,)).fetchone():
                     conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
         ports = {"api": self.api_port, "smtp": self.smtp_port, "pg": urllib.parse.urlsplit(server).port or 5432,
-                 "gateway": self.gateway_port, "registrar": self.registrar_port, "microsoft": self.microsoft_port}
+                 "gateway": self.gateway_port, "registrar": self.registrar_port, "microsoft": self.microsoft_port,
+                 "dataverse": self.dataverse_port, "blackberry": self.blackberry_port}
         self.preparing = subprocess.Popen(
             [sys.executable, "-m", "panelflow.dev.prepare"], cwd=ROOT, text=True, start_new_session=True,
             env={**env, "PANELFLOW_HOME": str(self.home),
