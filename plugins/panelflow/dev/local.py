@@ -86,8 +86,8 @@ class Supervisor:
         path = self.home / "secrets.json"
         values = json.loads(path.read_text()) if path.exists() else {}
         wanted = {"admin_password": 12, "jwt_secret": 32, "api_secret_key": 32, "gateway_api_key": 24,
-                  "registrar_password": 12, "partner_center_secret": 24, "dataverse_secret": 24,
-                  "blackberry_password": 18}  # 12 bytes: 16 characters, EPP's maximum
+                  "registrar_password": 12,  # 12 bytes: 16 characters, EPP's maximum
+                  "partner_center_secret": 24, "dataverse_secret": 24, "blackberry_password": 18}
         if wanted.keys() - values.keys():  # a first start, or a set-up from before a secret existed
             values.update({k: secrets.token_urlsafe(n) for k, n in wanted.items() if k not in values})
             path.write_text(json.dumps(values))
