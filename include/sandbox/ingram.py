@@ -34,6 +34,7 @@ import argparse
 import hmac
 import json
 import logging
+import os
 import secrets
 import signal
 import sys
@@ -254,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8782)
     parser.add_argument("--client-id", default=CLIENT_ID)
-    parser.add_argument("--client-secret", default=CLIENT_SECRET)
+    parser.add_argument("--client-secret", default=os.environ.get("PANELFLOW_SANDBOX_INGRAM_SECRET", CLIENT_SECRET),
+                        help="default: $PANELFLOW_SANDBOX_INGRAM_SECRET, else the sandbox's own")
     parser.add_argument("--customer-number", default=CUSTOMER_NUMBER)
     parser.add_argument("--orders", type=int, default=5, help="demo orders 20-SBX001 … on customer hold")
     args = parser.parse_args(argv)

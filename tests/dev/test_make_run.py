@@ -220,7 +220,8 @@ def billing_work_from_the_api_and_a_backfilled_gap(api: Api, home: Path, ports: 
 def probes_and_syncs_against_make_runs_own_sandbox(api: Api, home: Path) -> None:
     """MonitoringWork probes make run's own components (all up), DomainNameDataSyncThread syncs
     the sandbox registrar, SyncFromBackendWork the Dataverse sandbox's CRM organisation, BBSyncWork
-    the BlackBerry UEM sandbox, and the threads with nothing configured here (help-desk boxes,
+    the BlackBerry UEM sandbox, IngramCancelNoticesWork cancels the demo's order at the Ingram
+    sandbox (and queues its one e-mail), and the threads with nothing configured here (help-desk boxes,
     Active Directory, Exchange, Hyper-V) still run green."""
     import psycopg
 
@@ -231,6 +232,7 @@ def probes_and_syncs_against_make_runs_own_sandbox(api: Api, home: Path) -> None
             "overusage_resource_notification", "provisioning_work", "sync_csp_offers", "azure_rate_work",
             "reconciliate_o365_subs_work", "office365_work", "office365_sync_work", "o365_sync_admin_logs_work",
             "office365_tenant_first_sync_work", "sync_from_backend_work", "group_action_work_crm", "bb_sync_work",
+            "ingram_cancel_notices_work",
             # the Windows backends' threads: no directory, Exchange server or Hyper-V host here
             "sync_ad_users_work", "group_action_work_ad", "group_action_work_ex", "exchange_database_stats_work",
             "group_action_work_vps", "server_stats_work"]
@@ -248,12 +250,16 @@ def probes_and_syncs_against_make_runs_own_sandbox(api: Api, home: Path) -> None
                            " WHERE o.conn_id = 'dynamics' AND o.synced_at IS NOT NULL").fetchone()[0]
         uem = conn.execute("SELECT count(DISTINCT u.id), count(d.*) FROM bb_users u"
                            " LEFT JOIN bb_devices d ON d.bb_user_id = u.id").fetchone()
+        ingram = conn.execute("SELECT c.status, c.ingram_status, count(o.*) FROM ingram_cancellations c"
+                              " LEFT JOIN email_outbox o ON o.dedupe_key = 'ingram-cancellation:' || c.id"
+                              " GROUP BY c.id").fetchall()
     assert checks == dict.fromkeys(["Airflow API server", "SMTP relay", "Panel database", "Card gateway",
                                     "Registrar API", "Microsoft sandbox"], "up")
     assert synced >= 20 and offers > 0 and rates > 0
     assert m365_users[0] == 2 and m365_users[1] > 0  # both sandbox tenants synced, one mapped task each
     assert crm == 25                                   # the Dataverse sandbox's organisation, every user
     assert uem[0] == 5 and uem[1] >= 5                 # the UEM sandbox's users, each with its devices
+    assert ingram == [("cancelled", "CANCELLED", 1)]   # cancelled at Ingram once, one notice
 
 
 def test_make_run_on_a_server_named_by_the_environment(tmp_path):

@@ -27,7 +27,7 @@ from harness.make_run import Api, launch, start, stop
 # the second Airflow stack make test runs beside this one (an API server start is CPU-bound)
 RECOVERY = 90
 KILLED = ["scheduler", "dag-processor", "triggerer", "api-server", "smtp-sink", "payment-gateway", "registrar",
-          "microsoft", "dataverse", "blackberry-uem", "postgres"]
+          "microsoft", "dataverse", "blackberry-uem", "ingram", "postgres"]
 
 
 def component(proc, lines: list[str], name: str) -> psutil.Process:

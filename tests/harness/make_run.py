@@ -29,6 +29,7 @@ def launch(home: Path, ports: dict[str, int], **extra: str) -> subprocess.Popen:
                PANELFLOW_MICROSOFT_PORT=str(ports.setdefault("microsoft", free_port())),
                PANELFLOW_DATAVERSE_PORT=str(ports.setdefault("dataverse", free_port())),
                PANELFLOW_BLACKBERRY_PORT=str(ports.setdefault("blackberry", free_port())),
+               PANELFLOW_INGRAM_PORT=str(ports.setdefault("ingram", free_port())),
                PYTHONPATH=str(ROOT / "plugins"),
                # free ports, so the suite can run beside a developer's make run
                PANELFLOW_WORKER_LOG_PORT=str(free_port()), PANELFLOW_TRIGGER_LOG_PORT=str(free_port()),

@@ -169,7 +169,8 @@ def load_local_sandbox(conn, ports: dict[str, int], graph_tenants: list[str] | N
     """What ``make run`` itself offers to the threads that probe or sync: monitors on its own
     components (the API server's health page, the SMTP sink, PostgreSQL, the sandboxes), the
     sandbox registrar as a registrar account, the Microsoft sandbox's tenants, the Dataverse
-    sandbox's organisation and the BlackBerry UEM sandbox. Once (names are unique)."""
+    sandbox's organisation, the BlackBerry UEM sandbox and a cancellation for the Ingram Micro
+    sandbox. Once (names are unique)."""
     from psycopg.types.json import Jsonb
 
     with conn.transaction():
@@ -214,6 +215,16 @@ def load_local_sandbox(conn, ports: dict[str, int], graph_tenants: list[str] | N
         if "blackberry" in ports:
             conn.execute("INSERT INTO bb_uem_servers (name, conn_id) VALUES ('Sandbox UEM', 'blackberry_uem')"
                          " ON CONFLICT DO NOTHING")
+        if "ingram" in ports:  # the first subscription bought through Ingram (the sandbox's order 20-SBX001),
+            # its customer asking yesterday to end it at its renewal in 20 days: inside its 30-day notice window
+            conn.execute("INSERT INTO ingram_subscriptions (subscription_id, customer_id, conn_id,"
+                         " ingram_subscription_id, ingram_order_number, product, renewal_date)"
+                         " SELECT id, customer_id, 'ingram', 'SUB-20-SBX001', '20-SBX001', 'Acronis Cyber Protect',"
+                         " current_date + 20 FROM subscriptions ORDER BY id LIMIT 1 ON CONFLICT DO NOTHING")
+            conn.execute("INSERT INTO ingram_cancellations (ingram_subscription_id, term_end, requested_at, requested_by)"
+                         " SELECT s.id, s.renewal_date, now() - interval '1 day', 'operator:demo'"
+                         " FROM ingram_subscriptions s WHERE s.ingram_subscription_id = 'SUB-20-SBX001'"
+                         " AND NOT EXISTS (SELECT FROM ingram_cancellations c WHERE c.ingram_subscription_id = s.id)")
 
 
 def load_demo(url: str, customers: int = 200, now: datetime | None = None) -> dict[str, int]:

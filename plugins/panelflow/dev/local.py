@@ -5,8 +5,8 @@ the Airflow 3 components — scheduler, dag-processor, triggerer, API server (Lo
 a local SMTP sink that keeps alert e-mails as files, the card-payment gateway sandbox (BillingWork
 charges through it), the EPP registry sandbox (DomainNameDataSyncThread, ProvisioningWork 36), the
 Microsoft sandbox (Graph, Partner Center, Azure Retail Prices), the Dataverse sandbox (a Dynamics
-CRM organisation for SyncFromBackendWork and GroupActionWorkCRM) and the BlackBerry UEM sandbox
-(BBSyncWork).
+CRM organisation for SyncFromBackendWork and GroupActionWorkCRM), the BlackBerry UEM sandbox
+(BBSyncWork) and the Ingram Micro sandbox (IngramCancelNoticesWork).
 
 Start order is what each needs, because on 2 cores every process importing Airflow at once is
 what a start costs: the servers that need nothing start first; ``panelflow.dev.prepare`` (one
@@ -22,7 +22,7 @@ deployment, instead of compiling Airflow from source at every start.
 Environment: PANELFLOW_HOME (state, default ./.panelflow), PANELFLOW_API_PORT (8080),
 PANELFLOW_PG_PORT (54329), PANELFLOW_SMTP_PORT (8025), PANELFLOW_GATEWAY_PORT (8765),
 PANELFLOW_REGISTRAR_PORT (8766), PANELFLOW_MICROSOFT_PORT (8767), PANELFLOW_DATAVERSE_PORT (8768),
-PANELFLOW_BLACKBERRY_PORT (8783), PANELFLOW_DATABASE_URL (use this PostgreSQL server instead of the
+PANELFLOW_BLACKBERRY_PORT (8783), PANELFLOW_INGRAM_PORT (8782), PANELFLOW_DATABASE_URL (use this PostgreSQL server instead of the
 embedded one: postgresql://user:password@host:port).
 """
 
@@ -48,7 +48,8 @@ from panelflow.dev.postgres import die_with_parent
 from panelflow.dev.prepare import READY
 from panelflow.dev.supervise import Supervision, describe_exit, kill_leftovers
 
-SERVERS = ("smtp-sink", "payment-gateway", "registrar", "microsoft", "dataverse", "blackberry-uem")  # need nothing
+SERVERS = ("smtp-sink", "payment-gateway", "registrar", "microsoft", "dataverse", "blackberry-uem",
+           "ingram")  # need nothing: started first
 COMPONENTS = {
     "scheduler": ["scheduler"],
     "dag-processor": ["dag-processor"],
@@ -61,6 +62,7 @@ GRAPH_TENANTS = 2  # the Microsoft sandbox's default --graph-tenants
 # the Dataverse sandbox's defaults (include/sandbox/dataverse.py): one organisation in one tenant
 CRM_ORG, CRM_TENANT, CRM_CLIENT = "demo", "demo-tenant", "panelflow-crm"
 UEM_TENANT, UEM_USER = "S12345678", "panelflow-api"   # the BlackBerry UEM sandbox's tenant and API user
+INGRAM_CLIENT, INGRAM_CUSTOMER = "panelflow-ingram", "20-222222"   # the Ingram sandbox's API client, reseller
 
 
 class Supervisor:
@@ -74,6 +76,7 @@ class Supervisor:
         self.microsoft_port = int(os.environ.get("PANELFLOW_MICROSOFT_PORT", "8767"))
         self.dataverse_port = int(os.environ.get("PANELFLOW_DATAVERSE_PORT", "8768"))
         self.blackberry_port = int(os.environ.get("PANELFLOW_BLACKBERRY_PORT", "8783"))
+        self.ingram_port = int(os.environ.get("PANELFLOW_INGRAM_PORT", "8782"))
         self.airflow_home = self.home / "airflow"
         self.pg = None
         self.sup: Supervision | None = None
@@ -87,7 +90,8 @@ class Supervisor:
         values = json.loads(path.read_text()) if path.exists() else {}
         wanted = {"admin_password": 12, "jwt_secret": 32, "api_secret_key": 32, "gateway_api_key": 24,
                   "registrar_password": 12,  # 12 bytes: 16 characters, EPP's maximum
-                  "partner_center_secret": 24, "dataverse_secret": 24, "blackberry_password": 18}
+                  "partner_center_secret": 24, "dataverse_secret": 24, "blackberry_password": 18,
+                  "ingram_secret": 24}
         if wanted.keys() - values.keys():  # a first start, or a set-up from before a secret existed
             values.update({k: secrets.token_urlsafe(n) for k, n in wanted.items() if k not in values})
             path.write_text(json.dumps(values))
@@ -113,6 +117,7 @@ class Supervisor:
             PANELFLOW_SANDBOX_PARTNER_CENTER_SECRET=sec["partner_center_secret"],
             PANELFLOW_SANDBOX_DATAVERSE_SECRET=sec["dataverse_secret"],
             PANELFLOW_SANDBOX_BLACKBERRY_PASSWORD=sec["blackberry_password"],
+            PANELFLOW_SANDBOX_INGRAM_SECRET=sec["ingram_secret"],
             # Partner Center and Azure Retail Prices on the Microsoft sandbox (include/sandbox/microsoft.py)
             AIRFLOW_CONN_PARTNER_CENTER=json.dumps({
                 "conn_type": "panelflow_partner_center", "host": "127.0.0.1", "port": self.microsoft_port,
@@ -144,6 +149,12 @@ class Supervisor:
                 "login": UEM_USER, "password": sec["blackberry_password"],
                 "extra": {"tenant_guid": UEM_TENANT, "timeout": 10},
             }),
+            # the Ingram Micro sandbox (include/sandbox/ingram.py): the reseller account of ingram_subscriptions
+            AIRFLOW_CONN_INGRAM=json.dumps({
+                "conn_type": "panelflow_ingram", "host": f"http://127.0.0.1:{self.ingram_port}",
+                "login": INGRAM_CLIENT, "password": sec["ingram_secret"],
+                "extra": {"customer_number": INGRAM_CUSTOMER, "country_code": "US", "timeout": 10},
+            }),
             # the card gateway sandbox (include/sandbox/payment_gateway.py), with this set-up's own key
             AIRFLOW_CONN_PAYMENT_GATEWAY=json.dumps({
                 "conn_type": "panelflow_payment_gateway", "host": "127.0.0.1", "port": self.gateway_port,
@@ -169,6 +180,7 @@ class Supervisor:
                 "AIRFLOW__API__SECRET_KEY", "AIRFLOW_CONN_PANEL_DB", "AIRFLOW_CONN_SMTP_DEFAULT",
                 "AIRFLOW_CONN_PAYMENT_GATEWAY", "AIRFLOW_CONN_REGISTRAR", "AIRFLOW_CONN_PARTNER_CENTER",
                 "AIRFLOW_CONN_AZURE_RETAIL_PRICES", "AIRFLOW_CONN_DYNAMICS", "AIRFLOW_CONN_BLACKBERRY_UEM",
+                "AIRFLOW_CONN_INGRAM",
                 *(f"AIRFLOW_CONN_M365_TENANT_{i}" for i in range(GRAPH_TENANTS)))
         path = self.home / "env.sh"
         path.write_text("".join(f"export {k}={shlex.quote(env[k])}\n" for k in keys))
@@ -208,12 +220,13 @@ class Supervisor:
                                  "-c", "aiosmtpd.handlers.Mailbox", str(self.home / "mail")]
         for name, port in (("payment-gateway", self.gateway_port), ("registrar", self.registrar_port),
                            ("microsoft", self.microsoft_port), ("dataverse", self.dataverse_port),
-                           ("blackberry-uem", self.blackberry_port)):
+                           ("blackberry-uem", self.blackberry_port), ("ingram", self.ingram_port)):
             commands[name] = [py, "-m", f"sandbox.{name.replace('-', '_')}", "--host", "127.0.0.1", "--port", str(port)]
         commands["payment-gateway"] += ["--state", str(self.home / "stripe-sandbox.json")]  # Stripe keeps what it was given
         commands["registrar"] += ["--tls-dir", str(self.home / "registrar-tls")]  # the CA its connection trusts
         commands["dataverse"] += ["--org", CRM_ORG, "--tenant", CRM_TENANT, "--client-id", CRM_CLIENT]
         commands["blackberry-uem"] += ["--tenant", UEM_TENANT, "--username", UEM_USER]
+        commands["ingram"] += ["--client-id", INGRAM_CLIENT, "--customer-number", INGRAM_CUSTOMER]
         return commands
 
     # -- start ----------------------------------------------------------------------------
@@ -246,7 +259,7 @@ class Supervisor:
                     conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
         ports = {"api": self.api_port, "smtp": self.smtp_port, "pg": urllib.parse.urlsplit(server).port or 5432,
                  "gateway": self.gateway_port, "registrar": self.registrar_port, "microsoft": self.microsoft_port,
-                 "dataverse": self.dataverse_port, "blackberry": self.blackberry_port}
+                 "dataverse": self.dataverse_port, "blackberry": self.blackberry_port, "ingram": self.ingram_port}
         self.preparing = subprocess.Popen(
             [sys.executable, "-m", "panelflow.dev.prepare"], cwd=ROOT, text=True, start_new_session=True,
             env={**env, "PANELFLOW_HOME": str(self.home),
