@@ -60,8 +60,11 @@ def healthy(port: int, since: datetime) -> bool:
 
 def follow(proc, lines: list[str]) -> threading.Thread:
     def read():
-        for line in proc.stdout:
-            lines.append(line)
+        try:
+            for line in proc.stdout:
+                lines.append(line)
+        except ValueError:   # stop()'s communicate() read the rest and closed the stream under us
+            pass
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
