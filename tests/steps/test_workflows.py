@@ -17,7 +17,8 @@ from psycopg.types.json import Jsonb
 
 from panelflow.step import Interval
 from panelflow.steps import workflows
-from panelflow.steps.workflows import process_workflows, record_approval
+from panelflow.services.workflow_approvals import record_approval, token_digest
+from panelflow.steps.workflows import process_workflows
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=timezone.utc)
 LINK = "https://panel.example/workflows/decide"
@@ -94,7 +95,7 @@ def test_approval_waits_resumes_on_approval_then_the_job_and_the_notice(panel_db
     assert sql("SELECT count(*) FROM workflow_approval_tokens WHERE token_sha256 = %s",
                (token.encode(),))[0][0] == 0                         # only the token's hash is stored
     assert sql("SELECT count(*) FROM workflow_approval_tokens WHERE token_sha256 = %s",
-               (workflows.token_digest(token),))[0][0] == 1
+               (token_digest(token),))[0][0] == 1
 
     run(panel_db, 2)                                                 # no decision yet: it waits
     assert state(sql, wf) == ("running", 1, None)

@@ -238,7 +238,7 @@ def kill(pids, sig):
             os.kill(p, sig)
         except (ProcessLookupError, PermissionError):
             pass
-left = strays()
+left = set()
 for sig, grace in ((signal.SIGTERM, 10), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
     left = {p for p in left | strays() if alive(p, os.kill)}
     kill(left, sig)

@@ -35,8 +35,7 @@ from psycopg.types.json import Jsonb
 
 from panelflow.services.group_actions import queue_job
 from panelflow.services.outbox import enqueue
-# record_approval is this thread's API for the page an approver's link opens (re-exported)
-from panelflow.services.workflow_approvals import DECISIONS, record_approval, token_digest  # noqa: F401
+from panelflow.services.workflow_approvals import DECISIONS, token_digest
 from panelflow.step import StepReport
 
 WORKFLOWS_PER_RUN = 200
@@ -374,7 +373,3 @@ def _check_notify(conn, wf: Workflow, step: Step, at: datetime) -> tuple:
 
 
 CHECKS = {"action": _check_action, "approval": _check_approval, "wait": _check_wait, "notify": _check_notify}
-
-
-# -- the approval link's endpoint ------------------------------------------------------------------
-
