@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -68,6 +69,32 @@ def stop_process(proc: subprocess.Popen | None, wait: float = STOP_WAIT) -> None
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(wait)
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def sipp_port_block(size: int = 8) -> int:
+    """The first of ``size`` consecutive free UDP ports below the kernel's ephemeral range.
+
+    SIPp binds its media port *and* media port + 2 (video): a free ``-mp`` alone once collided with a
+    socket another test had just opened on port 0. Below the ephemeral range no port-0 socket can
+    land between this check and SIPp's bind; blocks are random so parallel workers rarely meet."""
+    low = _ephemeral_low()
+    blocks = range(max(1024, low - 12_000), low - size, size)
+    for base in random.sample(blocks, min(64, len(blocks))):
+        with contextlib.ExitStack() as held:
+            try:
+                for port in range(base, base + size):
+                    held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM)).bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return base
+    raise RuntimeError(f"no {size} consecutive free UDP ports below {low} for SIPp")
 
 
 class SippFailed(AssertionError):
@@ -178,15 +205,17 @@ class Kamailio:
 
     # -- SIPp --------------------------------------------------------------------------------------
 
-    def _sipp(self, scenario: str, rows: list[list[str]], *args: str) -> tuple[subprocess.Popen, Path]:
-        """Start SIPp on free loopback ports; ``rows`` become its injection CSV."""
+    def _sipp(self, scenario: str, rows: list[list[str]], *args: str,
+              ports: int | None = None) -> tuple[subprocess.Popen, Path]:
+        """Start SIPp on a block of free loopback ports (:func:`sipp_port_block`: SIP at its first,
+        control at +1, media at +4 to +7); ``rows`` become its injection CSV."""
         self._runs += 1
         run = self.workdir / f"sipp-{self._runs}-{scenario}"
         run.mkdir()
+        base = sipp_port_block() if ports is None else ports
         argv = [self.sipp_bin, f"127.0.0.1:{self.sip_port}", "-sf", str(FILES / f"{scenario}.xml"),
                 "-i", "127.0.0.1", "-mi", "127.0.0.1", "-ci", "127.0.0.1",
-                "-p", str(free_port(socket.SOCK_DGRAM)), "-mp", str(free_port(socket.SOCK_DGRAM)),
-                "-cp", str(free_port(socket.SOCK_DGRAM)), "-nostdin", "-timeout", "60s", "-timeout_error",
+                "-p", str(base), "-cp", str(base + 1), "-mp", str(base + 4), "-nostdin", "-timeout", "60s", "-timeout_error",
                 "-recv_timeout", "30000", "-trace_msg", "-message_file", str(run / "messages.log"),
                 "-trace_err", "-error_file", str(run / "errors.log"), *args]
         if rows:
@@ -233,9 +262,10 @@ class Kamailio:
 
     def register(self, domain: str, username: str, password: str, expires: int = 60) -> int:
         """One REGISTER (answering the digest challenge); the final status code: 200, 401, 403 …"""
-        contact_port = free_port(socket.SOCK_DGRAM)
+        ports = sipp_port_block()
+        contact_port = ports + 2   # in the block, unused by SIPp itself: REGISTER only names it
         proc, run = self._sipp("reg", [self._fields(username, domain) + [self._auth(username, password),
-                                                                        str(contact_port), str(int(expires))]], "-m", "1")
+                                                                        str(contact_port), str(int(expires))]], "-m", "1", ports=ports)
         try:
             self._finish(proc, run, 30, f"REGISTER {username}@{domain}")
         except SippFailed as failed:
@@ -262,8 +292,8 @@ class Kamailio:
         if aor is None:
             yield None
             return
-        port = free_port(socket.SOCK_DGRAM)
-        proc, run = self._sipp("uas", [], "-p", str(port), "-m", str(calls))
+        port = sipp_port_block()
+        proc, run = self._sipp("uas", [], "-m", str(calls), ports=port)
         contact = f"sip:{aor.split('@')[0]}@127.0.0.1:{port}"
         try:
             # table, AOR, contact, expires, q, path, flags, cflags, methods
