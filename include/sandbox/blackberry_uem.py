@@ -91,12 +91,14 @@ class BlackBerryUemSandbox:
                    ownership: str = "CORPORATE", state: str = "ACTIVE", compromised: bool = False,
                    out_of_compliance: tuple[str, ...] = (), last_contact: str = "2026-12-06T22:15:00.00Z",
                    guid: str | None = None) -> str:
+        # a given userDevice GUID fixes the hardware's too (a restarted demo sandbox: same devices)
+        hardware = str(uuid.uuid5(uuid.NAMESPACE_URL, f"uem-device:{guid}")) if guid else str(uuid.uuid4())
         guid = guid or str(uuid.uuid4())
         device = {"guid": guid, "enrollmentState": state, "enrollmentType": ["MDM_CONTROLS"], "language": "en_US",
                   "lastContactTime": last_contact, "clientVersion": "12.47.0.158", "checkedOut": False,
                   "outOfComplianceInfo": [{"date": "2026-12-01T08:00:00.00Z", "reason": r, "displayName": r}
                                           for r in out_of_compliance],
-                  "device": {"guid": str(uuid.uuid4()), "hardwareModel": model, "hardwareName": model,
+                  "device": {"guid": hardware, "hardwareModel": model, "hardwareName": model,
                              "hardwareVendorCompanyName": "Apple Inc" if family == "ios" else "Samsung",
                              "os": os, "osFamilyName": family, "osVersion": os.split()[-1], "ownership": ownership,
                              "compromised": compromised, "activationDate": "2026-01-10T09:00:00.00Z"},
@@ -290,6 +292,22 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, {"userDevices": devices}, MEDIA["userDevices"])
 
 
+def demo(sandbox: BlackBerryUemSandbox, users: int) -> None:
+    """``users`` users, each with an iPhone and every second one with a Galaxy too; their GUIDs are
+    derived from the names, so a restarted sandbox holds the same users and devices and the next sync
+    sees no one gone and re-added."""
+    def stable(name: str) -> str:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"uem:{sandbox.tenant}/{name}"))
+
+    for n in range(1, users + 1):
+        user = sandbox.add_user(f"user{n:02d}", email=f"user{n:02d}@contoso.example", groups=("Sales",),
+                                guid=stable(f"user{n:02d}"))
+        sandbox.add_device(user, guid=stable(f"user{n:02d}/iphone"))
+        if n % 2 == 0:
+            sandbox.add_device(user, model="Galaxy S24", os="Android 14", family="android", ownership="PERSONAL",
+                               guid=stable(f"user{n:02d}/galaxy"))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Loopback BlackBerry UEM REST API (panelflow sandbox).")
     parser.add_argument("--host", default="127.0.0.1")
@@ -302,11 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s uem %(message)s", stream=sys.stderr)
     sandbox = BlackBerryUemSandbox(args.host, args.port, args.tenant, args.username, args.password).start()
-    for n in range(1, args.users + 1):
-        user = sandbox.add_user(f"user{n:02d}", email=f"user{n:02d}@contoso.example", groups=("Sales",))
-        sandbox.add_device(user)
-        if n % 2 == 0:
-            sandbox.add_device(user, model="Galaxy S24", os="Android 14", family="android", ownership="PERSONAL")
+    demo(sandbox, args.users)
     log.info("listening on %s/%s/api/v1", sandbox.url, sandbox.tenant)
     stopped = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

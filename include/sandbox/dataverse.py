@@ -80,7 +80,7 @@ def error(status: int, code: str, message: str, headers: dict | None = None) -> 
 class Org:
     name: str
     tenant: str
-    organizationid: str = field(default_factory=lambda: str(uuid.uuid4()))
+    organizationid: str = ""
     display_name: str = ""
     businessunits: dict[str, dict] = field(default_factory=dict)
     roles: dict[str, dict] = field(default_factory=dict)
@@ -88,22 +88,33 @@ class Org:
     user_roles: dict[str, set[str]] = field(default_factory=dict)
     races: dict[str, list[dict]] = field(default_factory=dict)
     api: "DataverseApi | None" = None
+    stable_ids: bool = False
+
+    def __post_init__(self) -> None:
+        self.organizationid = self.organizationid or self.new_id("organization", self.name)
+
+    def new_id(self, kind: str, name: str) -> str:
+        """A record's GUID: random, or, for a long-running demo, derived from the record's name, so a
+        restarted sandbox holds the same records and a sync sees no one gone and re-added."""
+        if self.stable_ids:
+            return str(uuid.uuid5(uuid.NAMESPACE_URL, f"dataverse:{self.name}/{kind}/{name}"))
+        return str(uuid.uuid4())
 
     def add_business_unit(self, name: str, parent: str | None = None) -> str:
-        bu = str(uuid.uuid4())
+        bu = self.new_id("businessunit", name)
         self.businessunits[bu] = self.api.stamp({"businessunitid": bu, "name": name,
                                                  "_parentbusinessunitid_value": parent})
         return bu
 
     def add_role(self, name: str, business_unit: str) -> str:
-        role = str(uuid.uuid4())
+        role = self.new_id("role", f"{business_unit}/{name}")
         self.roles[role] = self.api.stamp({"roleid": role, "name": name, "_businessunitid_value": business_unit})
         return role
 
     def add_user(self, domainname: str, first: str | None, last: str | None, business_unit: str, *,
                  roles: tuple[str, ...] = (), isdisabled: bool = False, accessmode: int = 0,
                  caltype: int = 0) -> str:
-        user = str(uuid.uuid4())
+        user = self.new_id("systemuser", domainname)
         self.users[user] = self.api.stamp({
             "systemuserid": user, "domainname": domainname, "firstname": first, "lastname": last,
             "isdisabled": isdisabled, "accessmode": accessmode, "caltype": caltype,
@@ -134,8 +145,8 @@ class DataverseApi:
         self._retry_after = 1
         self.lock = threading.RLock()
 
-    def add_org(self, name: str, tenant: str, display_name: str | None = None) -> Org:
-        org = Org(name, tenant, display_name=display_name or name.title(), api=self)
+    def add_org(self, name: str, tenant: str, display_name: str | None = None, *, stable_ids: bool = False) -> Org:
+        org = Org(name, tenant, display_name=display_name or name.title(), api=self, stable_ids=stable_ids)
         self.orgs[name] = org
         return org
 
@@ -370,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     sandbox = DataverseSandbox(a.host, a.port, a.verbose)
     sandbox.issuer.register(a.tenant, a.client_id,
                             os.environ.get("PANELFLOW_SANDBOX_DATAVERSE_SECRET", "dataverse-sandbox-secret"))
-    demo(sandbox.api.add_org(a.org, a.tenant), a.users)
+    demo(sandbox.api.add_org(a.org, a.tenant, stable_ids=True), a.users)
     sandbox.start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

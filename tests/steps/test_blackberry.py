@@ -15,7 +15,7 @@ import pytest
 
 from panelflow.step import EndpointsFailed, Interval
 from panelflow.steps.blackberry import sync_blackberry_stats
-from sandbox.blackberry_uem import BlackBerryUemSandbox
+from sandbox.blackberry_uem import BlackBerryUemSandbox, demo
 
 CLOCK = datetime(2026, 12, 7, 10, 17, tzinfo=timezone.utc)
 
@@ -109,6 +109,28 @@ def test_a_removed_user_is_gone_with_its_devices_kept_and_comes_back(panel_db, s
     uem.add_user("erin", guid=erin)
     back = sync_blackberry_stats(panel_db, _interval(CLOCK + timedelta(hours=1)))
     assert back["users_changed"] == 1 and sql("SELECT gone_at FROM bb_users") == [(None,)]
+
+
+def test_make_runs_demo_sandbox_restarted_holds_the_same_users_and_devices(panel_db, sql, servers, monkeypatch):
+    (before,) = servers(1)
+    demo(before, 5)
+    first = sync_blackberry_stats(panel_db, _interval())
+    assert (first["users_added"], first["devices_added"]) == (5, 7)
+    before.stop()
+    after = BlackBerryUemSandbox().start()                                  # make run restarted
+    try:
+        demo(after, 5)
+        monkeypatch.setenv("AIRFLOW_CONN_BB_UEM_0", json.dumps({
+            "conn_type": "panelflow_blackberry_uem", "host": after.url, "login": after.username,
+            "password": after.password, "extra": {"tenant_guid": after.tenant, "backoff": 0, "retries": 2}}))
+        again = sync_blackberry_stats(panel_db, _interval(CLOCK + timedelta(minutes=30)))
+    finally:
+        after.stop()
+    assert {k: again[k] for k in ("users_added", "users_changed", "users_gone", "devices_added", "devices_changed",
+                                  "devices_gone")} == dict.fromkeys(("users_added", "users_changed", "users_gone",
+                                                                     "devices_added", "devices_changed",
+                                                                     "devices_gone"), 0)
+    assert sql("SELECT count(*) FROM bb_devices WHERE gone_at IS NULL") == [(7,)]
 
 
 def test_a_failing_server_keeps_its_picture_while_the_others_sync(panel_db, sql, servers):

@@ -7,7 +7,9 @@ import pytest
 from panelflow.steps.crm._backend import CrmOrganizationsFailed
 from panelflow.steps.crm.sync import sync_crm_data
 
-from .conftest import LOG, NOW, at
+from sandbox.dataverse import DataverseSandbox, demo
+
+from .conftest import CLIENT, LOG, NOW, SECRET, at
 
 
 def users(sql):
@@ -77,3 +79,31 @@ def test_one_organisation_failing_is_recorded_and_the_other_synced(crm, db, sql,
 
 def test_nothing_configured_is_a_summary(db):
     assert sync_crm_data(db, at(), LOG)["organizations"] == 0
+
+
+def test_make_runs_demo_organisation_restarted_holds_the_same_records(db, sql, monkeypatch):
+    """make run's Dataverse sandbox derives its GUIDs from the names: after a restart the sync finds
+    the same 25 users, none removed and re-added."""
+    sql("INSERT INTO currencies (code, name) VALUES ('GBP', 'Pound sterling') ON CONFLICT DO NOTHING")
+    provider = sql("INSERT INTO providers (name, billing_email, currency)"
+                   " VALUES ('Host Ltd', 'billing@host.example', 'GBP') RETURNING id")[0][0]
+    customer = sql("INSERT INTO customers (provider_id, name, email, country, currency)"
+                   " VALUES (%s, 'Demo', 'it@demo.example', 'GB', 'GBP') RETURNING id", (provider,))[0][0]
+    results = []
+    for when in (NOW, NOW.add(hours=1)):                                   # make run, then restarted
+        sandbox = DataverseSandbox().start()
+        try:
+            sandbox.issuer.register("demo-tenant", CLIENT, SECRET)
+            demo(sandbox.api.add_org("demo", "demo-tenant", stable_ids=True), 25)
+            monkeypatch.setenv("AIRFLOW_CONN_CRM_DEMO", sandbox.connection("demo-tenant", CLIENT, SECRET))
+            if not results:
+                sql("INSERT INTO crm_organizations (customer_id, url, conn_id) VALUES (%s, %s, 'crm_demo')",
+                    (customer, sandbox.org_url("demo")))
+            else:                                                           # the same row; here a new port
+                sql("UPDATE crm_organizations SET url = %s WHERE conn_id = 'crm_demo'", (sandbox.org_url("demo"),))
+            results.append(sync_crm_data(db, at(when), LOG))
+        finally:
+            sandbox.stop()
+    assert results[0]["users_added"] == 25
+    assert (results[1]["users_added"], results[1]["users_removed"]) == (0, 0)
+    assert sql("SELECT count(*), count(*) FILTER (WHERE removed_at IS NULL) FROM crm_users") == [(25, 25)]
