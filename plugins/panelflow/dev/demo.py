@@ -170,7 +170,7 @@ def load_local_sandbox(conn, ports: dict[str, int], graph_tenants: list[str] | N
     components (the API server's health page, the SMTP sink, PostgreSQL, the sandboxes), the
     sandbox registrar as a registrar account, the Microsoft sandbox's tenants, the Dataverse
     sandbox's organisation, the BlackBerry UEM sandbox and a cancellation for the Ingram Micro
-    sandbox. Once (names are unique)."""
+    sandbox. Idempotent (names and keys are unique): make run calls it on every start."""
     from psycopg.types.json import Jsonb
 
     with conn.transaction():
@@ -186,7 +186,9 @@ def load_local_sandbox(conn, ports: dict[str, int], graph_tenants: list[str] | N
         ]
         for name, kind, params in monitors:
             conn.execute("INSERT INTO monitors (name, kind, server_id, params) SELECT %s, %s, id, %s FROM servers"
-                         " WHERE name = 'panelflow' ON CONFLICT (name) DO NOTHING", (name, kind, Jsonb(params)))
+                         " WHERE name = 'panelflow' ON CONFLICT (name) DO UPDATE SET params = EXCLUDED.params"
+                         " WHERE monitors.params IS DISTINCT FROM EXCLUDED.params",   # make run's ports may move
+                         (name, kind, Jsonb(params)))
         # EPP has no domain list: the sync probes the panel's domains under the account's zones, so the
         # panel holds the sandbox registry's (customer001.example …, include/sandbox/registrar.py)
         conn.execute("INSERT INTO registrar_accounts (name, conn_id, zones) VALUES ('Sandbox registrar', 'registrar',"
@@ -204,14 +206,17 @@ def load_local_sandbox(conn, ports: dict[str, int], graph_tenants: list[str] | N
                          " FROM customers WHERE id > %s ON CONFLICT (tenant_id) DO NOTHING",
                          (tenant, f"m365_tenant_{i}", i))
         conn.execute("INSERT INTO monitors (name, kind, server_id, params) SELECT 'Microsoft sandbox', 'tcp', id, %s"
-                     " FROM servers WHERE name = 'panelflow' ON CONFLICT (name) DO NOTHING",
+                     " FROM servers WHERE name = 'panelflow' ON CONFLICT (name) DO UPDATE SET params = EXCLUDED.params"
+                     " WHERE monitors.params IS DISTINCT FROM EXCLUDED.params",
                      (Jsonb({"host": "127.0.0.1", "port": ports["microsoft"]}),))
         # the Dataverse sandbox's organisation (local.CRM_ORG) as the first customer's CRM (connection
         # dynamics), and the BlackBerry UEM sandbox as the UEM server (connection blackberry_uem)
-        if "dataverse" in ports:
-            conn.execute("INSERT INTO crm_organizations (customer_id, url, conn_id) SELECT min(id), %s, 'dynamics'"
-                         " FROM customers ON CONFLICT (url) DO NOTHING",
-                         (f"http://127.0.0.1:{ports['dataverse']}/demo",))
+        if "dataverse" in ports:  # one organisation on connection dynamics, at the sandbox's port of this start
+            url = f"http://127.0.0.1:{ports['dataverse']}/demo"
+            conn.execute("UPDATE crm_organizations SET url = %s WHERE conn_id = 'dynamics' AND url <> %s", (url, url))
+            conn.execute("INSERT INTO crm_organizations (customer_id, url, conn_id) SELECT id, %s, 'dynamics'"
+                         " FROM customers WHERE NOT EXISTS (SELECT FROM crm_organizations WHERE conn_id = 'dynamics')"
+                         " ORDER BY id LIMIT 1 ON CONFLICT (url) DO NOTHING", (url,))
         if "blackberry" in ports:
             conn.execute("INSERT INTO bb_uem_servers (name, conn_id) VALUES ('Sandbox UEM', 'blackberry_uem')"
                          " ON CONFLICT DO NOTHING")
@@ -270,9 +275,15 @@ def load_for_make_run(url: str, ports: dict[str, int], graph_tenants: list[str],
     in-process by ``panelflow.dev.prepare`` (which has the connection already) as well as here."""
     counts = load_demo(url, customers)
     print("demo data: " + ", ".join(f"{t} {n}" for t, n in counts.items()), flush=True)
+    load_sandbox_records(url, ports, graph_tenants)
+    _vault_demo_cards(ports["gateway"])
+
+
+def load_sandbox_records(url: str, ports: dict[str, int], graph_tenants: list[str]) -> None:
+    """:func:`load_local_sandbox` on its own: on every later start of make run, so an existing
+    ``.panelflow`` gets the records of a sandbox added since (what is there already stays)."""
     with psycopg.connect(sqlalchemy_url(url).replace("postgresql+psycopg://", "postgresql://")) as conn:
         load_local_sandbox(conn, ports, graph_tenants)
-    _vault_demo_cards(ports["gateway"])
 
 
 def _vault_demo_cards(port: int) -> None:

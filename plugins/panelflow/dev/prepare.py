@@ -93,14 +93,18 @@ def main() -> int:
 
     upgrade(panel)
     flag = home / "demo-loaded"
+    ports = {k: int(v) for k, v in (i.split("=") for i in os.environ["PANELFLOW_DEMO_PORTS"].split(","))}
+    tenants = [json.loads(v)["extra"]["tenant_id"] for k, v in sorted(os.environ.items())
+               if k.startswith("AIRFLOW_CONN_M365_TENANT_")]
     if not flag.exists():
         from panelflow.dev.demo import load_for_make_run
 
-        ports = {k: int(v) for k, v in (i.split("=") for i in os.environ["PANELFLOW_DEMO_PORTS"].split(","))}
-        tenants = [json.loads(v)["extra"]["tenant_id"] for k, v in sorted(os.environ.items())
-                   if k.startswith("AIRFLOW_CONN_M365_TENANT_")]
         load_for_make_run(panel, ports, tenants)
         flag.write_text("1")
+    else:  # make run's own records are idempotent: a sandbox added since the first start gets its rows
+        from panelflow.dev.demo import load_sandbox_records
+
+        load_sandbox_records(panel, ports, tenants)
     sync_pools(airflow_url)
     return 0
 
