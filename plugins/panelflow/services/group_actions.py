@@ -112,21 +112,24 @@ class PowerShellSessions:
     - the script's own error, or an answer that is not the JSON it promises: the server refused the
       job as made → :class:`JobRejected` with the server's words;
     - the server unreachable, timing out, or its connection missing/misconfigured (fixable, so
-      retried) → :class:`JobDeferred`, and every later job for that server in this run is deferred
-      untried (one timeout per server per run, not one per job).
+      retried) → :class:`JobDeferred`; a session that failed is dropped (the next job opens a fresh
+      one), and once a server has failed ``failures_allowed`` times (1: one timeout per server per
+      run, not one per job) every later job for it in this run is deferred untried.
     """
 
-    def __init__(self, log=None):
+    def __init__(self, log=None, failures_allowed: int = 1):
         self.log = log
         self.hooks: dict[str, Any] = {}
         self.down: dict[str, str] = {}
+        self.failures: dict[str, int] = {}
+        self.failures_allowed = max(1, failures_allowed)
 
     def run(self, server: str, conn_id: str, script: str, parameters: dict) -> list:
         """Run ``script`` on ``server`` (reached through ``conn_id``); its JSON records."""
         from airflow.exceptions import AirflowException
 
         from panelflow.hooks.powershell import (PowerShellOutputError, PowerShellScriptError, PowerShellUnavailable,
-                                                open_powershell)
+                                                close_powershell, open_powershell)
 
         self.check(server, conn_id)
         try:
@@ -139,18 +142,25 @@ class PowerShellSessions:
         except PowerShellOutputError as exc:
             raise JobRejected(f"{server}: {exc}") from None
         except PowerShellUnavailable as exc:
+            dropped = self.hooks.pop(conn_id, None)     # a pool that timed out is not reused
+            if dropped is not None:
+                close_powershell(dropped, self.log)
             raise self.unreachable(server, conn_id, exc) from None
         except AirflowException as exc:
             raise self.unreachable(server, conn_id, exc, f"connection {conn_id}: ") from None
 
     def check(self, server: str, conn_id: str) -> None:
-        """Defer a job for a server found unreachable earlier in this run, without trying it again."""
+        """Defer a job for a server given up on earlier in this run, without trying it again."""
         if conn_id in self.down:
             raise JobDeferred(f"{server} not tried: unreachable earlier in this run ({self.down[conn_id]})")
 
     def unreachable(self, server: str, conn_id: str, exc: BaseException, prefix: str = "") -> JobDeferred:
-        """Remember the server as down for this run; the job's outcome (raise it)."""
-        self.down[conn_id] = first_line(exc)
+        """Count the server's failure (down for the rest of the run at ``failures_allowed``); the job's
+        outcome (raise it)."""
+        failures = self.failures[conn_id] = self.failures.get(conn_id, 0) + 1
+        if failures >= self.failures_allowed:
+            self.down[conn_id] = first_line(exc) if failures == 1 else \
+                f"{failures} transport failures, the last: {first_line(exc)}"
         return JobDeferred(f"{server}: {prefix}{first_line(exc)}")
 
     def close(self) -> None:

@@ -290,7 +290,7 @@ def test_a_server_timing_out_twice_is_not_called_again_in_the_run(ex):
     out = process_exchange_group_actions(ex.db, _at(), {}, None)
     assert (out["retry_later"], out["succeeded"]) == (3, 1)
     assert [c.conn_host for c in ex.ps.sent] == ["ex01.hosting.test", "ex01.hosting.test", "ex02.hosting.test"]
-    assert "not called again in this run after 2 transport failures" in ex.state(jobs[2])[3]
+    assert ex.state(jobs[2])[3].startswith("EX01 not tried: unreachable earlier in this run (2 transport failures,")
     assert ex.state(other)[0] == "succeeded"
 
 
@@ -314,7 +314,7 @@ def test_exchange_refusing_a_job_fails_it_with_exchanges_message_and_the_next_su
     out = process_exchange_group_actions(ex.db, _at(), {}, None)
     assert (out["failed"], out["succeeded"]) == (3, 1)
     status, attempts, _, error, payload = ex.state(refused)
-    assert (status, attempts, error) == ("failed", 1, f"exchange/new_mailbox: {message}")
+    assert (status, attempts, error) == ("failed", 1, f"EX01: {message}")
     assert "password" not in payload
     assert ex.state(nxt)[0] == "succeeded"
     assert ex.state(bad)[3] == "type 'archive' is not one of user, shared, room, equipment"

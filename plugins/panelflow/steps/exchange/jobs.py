@@ -43,12 +43,11 @@ A mailbox is identified to Exchange by its ExchangeGuid, else its primary addres
 from __future__ import annotations
 
 import re
-from collections import Counter
 from uuid import UUID
 
-from panelflow.hooks.powershell import (PowerShellHook, PowerShellOutputError, PowerShellScriptError,
-                                        PowerShellUnavailable, byte_count, close_powershell, open_powershell)
-from panelflow.services.group_actions import JobDeferred, JobRejected, Payload, process_group_actions
+from panelflow.hooks.powershell import byte_count
+from panelflow.services.group_actions import (JobDeferred, JobRejected, Payload, PowerShellSessions,
+                                              process_group_actions)
 from panelflow.step import StepReport
 
 from ._backend import ForwardingState, OwaAssignment, Record
@@ -169,18 +168,17 @@ def _quota(value: int | None) -> str:
 
 
 class _ExchangeJobs:
-    """The handler of the ``exchange`` queue: one PowerShell context per server, opened on first use."""
+    """The handler of the ``exchange`` queue: one PowerShell context per server, opened on first use,
+    on the shared rule for what a server's answer means (:class:`PowerShellSessions`), a server given
+    up on after ``exchange_server_failures_per_run`` transport failures."""
 
     def __init__(self, conn, at, params: dict, log):
         self.conn, self.at, self.log = conn, at, log
-        self.hooks: dict[int, PowerShellHook] = {}
-        self.transport_failures: Counter = Counter()
-        self.max_failures = int(params.get("exchange_server_failures_per_run", SERVER_FAILURES_PER_RUN))
+        self.sessions = PowerShellSessions(log, int(params.get("exchange_server_failures_per_run",
+                                                               SERVER_FAILURES_PER_RUN)))
 
     def close(self) -> None:
-        for hook in self.hooks.values():
-            close_powershell(hook, self.log)
-        self.hooks.clear()
+        self.sessions.close()
 
     # plumbing
     def handle(self, action: str, payload: dict) -> dict:
@@ -202,27 +200,7 @@ class _ExchangeJobs:
         return row
 
     def run(self, mailbox: dict, script: str, parameters: dict) -> list:
-        from airflow.exceptions import AirflowException
-
-        server = mailbox["server_id"]
-        if self.transport_failures[server] >= self.max_failures:
-            raise JobDeferred(f"Exchange server {mailbox['server_name']} not called again in this run after "
-                              f"{self.transport_failures[server]} transport failures")
-        try:
-            hook = self.hooks.get(server)
-            if hook is None:
-                hook = self.hooks[server] = open_powershell(mailbox["conn_id"])
-            return hook.run_script(script, parameters)
-        except PowerShellUnavailable as exc:
-            self.transport_failures[server] += 1
-            dropped = self.hooks.pop(server, None)     # a pool that timed out is not reused
-            if dropped is not None:
-                close_powershell(dropped, self.log)
-            raise JobDeferred(str(exc)) from None
-        except (PowerShellScriptError, PowerShellOutputError) as exc:
-            raise JobRejected(str(exc)) from None
-        except AirflowException as exc:                # the server's connection is missing or invalid
-            raise JobDeferred(f"{mailbox['conn_id']}: {exc}") from None
+        return self.sessions.run(mailbox["server_name"], mailbox["conn_id"], script, parameters)
 
     def update(self, mailbox_id: int, **values) -> None:
         from psycopg import sql
