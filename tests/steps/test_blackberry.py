@@ -24,6 +24,13 @@ def _interval(at=CLOCK):
     return Interval(at - timedelta(minutes=30), at)
 
 
+def _connect(monkeypatch, conn_id: str, sandbox: BlackBerryUemSandbox, **extra) -> None:
+    """The Airflow connection ``conn_id`` pointed at ``sandbox``."""
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({
+        "conn_type": "panelflow_blackberry_uem", "host": sandbox.url, "login": sandbox.username,
+        "password": sandbox.password, "extra": {"tenant_guid": sandbox.tenant, "backoff": 0, "retries": 2, **extra}}))
+
+
 @pytest.fixture
 def servers(panel_db, sql, monkeypatch):
     """``servers(n)`` → n UEM sandboxes, each a bb_uem_servers row with its connection."""
@@ -35,10 +42,7 @@ def servers(panel_db, sql, monkeypatch):
             sandbox = BlackBerryUemSandbox().start()
             started.append(sandbox)
             conn_id = f"bb_uem_{i}"
-            monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({
-                "conn_type": "panelflow_blackberry_uem", "host": sandbox.url, "login": sandbox.username,
-                "password": sandbox.password, "extra": {"tenant_guid": sandbox.tenant, "backoff": 0, "retries": 2,
-                                                        "page_size": 2}}))
+            _connect(monkeypatch, conn_id, sandbox, page_size=2)
             sql("INSERT INTO bb_uem_servers (name, conn_id) VALUES (%s, %s)", (f"UEM {i}", conn_id))
         return started
 
@@ -120,9 +124,7 @@ def test_make_runs_demo_sandbox_restarted_holds_the_same_users_and_devices(panel
     after = BlackBerryUemSandbox().start()                                  # make run restarted
     try:
         demo(after, 5)
-        monkeypatch.setenv("AIRFLOW_CONN_BB_UEM_0", json.dumps({
-            "conn_type": "panelflow_blackberry_uem", "host": after.url, "login": after.username,
-            "password": after.password, "extra": {"tenant_guid": after.tenant, "backoff": 0, "retries": 2}}))
+        _connect(monkeypatch, "bb_uem_0", after)
         again = sync_blackberry_stats(panel_db, _interval(CLOCK + timedelta(minutes=30)))
     finally:
         after.stop()

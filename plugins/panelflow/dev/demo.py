@@ -183,6 +183,7 @@ def load_local_sandbox(conn, ports: dict[str, int], graph_tenants: list[str] | N
             ("Panel database", "tcp", {"host": "127.0.0.1", "port": ports["pg"]}),
             ("Card gateway", "web", {"url": f"http://127.0.0.1:{ports['gateway']}/_sandbox/health"}),
             ("Registrar API", "tcp", {"host": "127.0.0.1", "port": ports["registrar"]}),
+            ("Microsoft sandbox", "tcp", {"host": "127.0.0.1", "port": ports["microsoft"]}),
         ]
         for name, kind, params in monitors:
             conn.execute("INSERT INTO monitors (name, kind, server_id, params) SELECT %s, %s, id, %s FROM servers"
@@ -205,10 +206,6 @@ def load_local_sandbox(conn, ports: dict[str, int], graph_tenants: list[str] | N
             conn.execute("INSERT INTO m365_tenants (tenant_id, conn_id, customer_id) SELECT %s, %s, min(id)"
                          " FROM customers WHERE id > %s ON CONFLICT (tenant_id) DO NOTHING",
                          (tenant, f"m365_tenant_{i}", i))
-        conn.execute("INSERT INTO monitors (name, kind, server_id, params) SELECT 'Microsoft sandbox', 'tcp', id, %s"
-                     " FROM servers WHERE name = 'panelflow' ON CONFLICT (name) DO UPDATE SET params = EXCLUDED.params"
-                     " WHERE monitors.params IS DISTINCT FROM EXCLUDED.params",
-                     (Jsonb({"host": "127.0.0.1", "port": ports["microsoft"]}),))
         # the Dataverse sandbox's organisation (local.CRM_ORG) as the first customer's CRM (connection
         # dynamics), and the BlackBerry UEM sandbox as the UEM server (connection blackberry_uem)
         if "dataverse" in ports:  # one organisation on connection dynamics, at the sandbox's port of this start
@@ -232,11 +229,15 @@ def load_local_sandbox(conn, ports: dict[str, int], graph_tenants: list[str] | N
                          " AND NOT EXISTS (SELECT FROM ingram_cancellations c WHERE c.ingram_subscription_id = s.id)")
 
 
+def _conninfo(url: str) -> str:
+    """The panel DB URL as libpq takes it."""
+    return sqlalchemy_url(url).replace("postgresql+psycopg://", "postgresql://")
+
+
 def load_demo(url: str, customers: int = 200, now: datetime | None = None) -> dict[str, int]:
     """Load the demo rows; returns rows per table. ``now`` anchors the ages (default: load time)."""
     now = now or datetime.now(timezone.utc)
-    conninfo = sqlalchemy_url(url).replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(conninfo) as conn:
+    with psycopg.connect(_conninfo(url)) as conn:
         for statement in DEMO:
             conn.execute(statement, {"now": now, "n": customers})
         conn.commit()
@@ -282,7 +283,7 @@ def load_for_make_run(url: str, ports: dict[str, int], graph_tenants: list[str],
 def load_sandbox_records(url: str, ports: dict[str, int], graph_tenants: list[str]) -> None:
     """:func:`load_local_sandbox` on its own: on every later start of make run, so an existing
     ``.panelflow`` gets the records of a sandbox added since (what is there already stays)."""
-    with psycopg.connect(sqlalchemy_url(url).replace("postgresql+psycopg://", "postgresql://")) as conn:
+    with psycopg.connect(_conninfo(url)) as conn:
         load_local_sandbox(conn, ports, graph_tenants)
 
 

@@ -29,6 +29,16 @@ def db(panel_db, migrated_panel_db):
     return panel_db
 
 
+def panel_customers(sql, names) -> dict[str, int]:
+    """One panel customer per name (``it@<name>.example``) of one provider, in GBP: each name's id."""
+    sql("INSERT INTO currencies (code, name) VALUES ('GBP', 'Pound sterling') ON CONFLICT DO NOTHING")
+    provider = sql("INSERT INTO providers (name, billing_email, currency)"
+                   " VALUES ('Host Ltd', 'billing@host.example', 'GBP') RETURNING id")[0][0]
+    return {name: sql("INSERT INTO customers (provider_id, name, email, country, currency)"
+                      " VALUES (%s, %s, %s, 'GB', 'GBP') RETURNING id",
+                      (provider, name.title(), f"it@{name}.example"))[0][0] for name in names}
+
+
 @pytest.fixture
 def crm(db, sql, monkeypatch):
     """Organisations ``contoso`` (a root and a Sales unit, roles Salesperson and Manager in each, users
@@ -36,19 +46,15 @@ def crm(db, sql, monkeypatch):
     each in its own tenant, wired as connections ``crm_contoso``/``crm_fabrikam`` (pages of 2), and
     their ``crm_organizations`` rows: ``crm.orgs[name]`` → (sandbox org, panel id)."""
     sandbox = DataverseSandbox().start()
-    sql("INSERT INTO currencies (code, name) VALUES ('GBP', 'Pound sterling')")
-    provider = sql("INSERT INTO providers (name, billing_email, currency)"
-                   " VALUES ('Host Ltd', 'billing@host.example', 'GBP') RETURNING id")[0][0]
+    customers = panel_customers(sql, ("contoso", "fabrikam"))
     sandbox.orgs, sandbox.ids = {}, {}
     for name in ("contoso", "fabrikam"):
         sandbox.issuer.register(f"{name}-tenant", CLIENT, SECRET)
         org = sandbox.api.add_org(name, f"{name}-tenant")
         monkeypatch.setenv(f"AIRFLOW_CONN_CRM_{name.upper()}",
                            sandbox.connection(f"{name}-tenant", CLIENT, SECRET, page_size=2, max_retry_wait=0.05))
-        customer = sql("INSERT INTO customers (provider_id, name, email, country, currency)"
-                       " VALUES (%s, %s, %s, 'GB', 'GBP') RETURNING id", (provider, name.title(), f"it@{name}.example"))
         org_id = sql("INSERT INTO crm_organizations (customer_id, url, conn_id) VALUES (%s, %s, %s) RETURNING id",
-                     (customer[0][0], sandbox.org_url(name), f"crm_{name}"))[0][0]
+                     (customers[name], sandbox.org_url(name), f"crm_{name}"))[0][0]
         sandbox.orgs[name], sandbox.ids[name] = org, org_id
     contoso = sandbox.orgs["contoso"]
     root = contoso.add_business_unit("Contoso")

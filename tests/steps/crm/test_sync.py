@@ -9,7 +9,7 @@ from panelflow.steps.crm.sync import sync_crm_data
 
 from sandbox.dataverse import DataverseSandbox, demo
 
-from .conftest import CLIENT, LOG, NOW, SECRET, at
+from .conftest import CLIENT, LOG, NOW, SECRET, at, panel_customers
 
 
 def users(sql):
@@ -84,11 +84,7 @@ def test_nothing_configured_is_a_summary(db):
 def test_make_runs_demo_organisation_restarted_holds_the_same_records(db, sql, monkeypatch):
     """make run's Dataverse sandbox derives its GUIDs from the names: after a restart the sync finds
     the same 25 users, none removed and re-added."""
-    sql("INSERT INTO currencies (code, name) VALUES ('GBP', 'Pound sterling') ON CONFLICT DO NOTHING")
-    provider = sql("INSERT INTO providers (name, billing_email, currency)"
-                   " VALUES ('Host Ltd', 'billing@host.example', 'GBP') RETURNING id")[0][0]
-    customer = sql("INSERT INTO customers (provider_id, name, email, country, currency)"
-                   " VALUES (%s, 'Demo', 'it@demo.example', 'GB', 'GBP') RETURNING id", (provider,))[0][0]
+    customer = panel_customers(sql, ("demo",))["demo"]
     results = []
     for when in (NOW, NOW.add(hours=1)):                                   # make run, then restarted
         sandbox = DataverseSandbox().start()
